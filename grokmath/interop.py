@@ -10,7 +10,8 @@ same on both sides; only the buffers and the always-present TransformerLens bias
 hand-written classes (`Transformer` with `blocks.*`, the induction section's `AttnOnlyTransformer`
 with `attn_blocks.*`), whose layouts differ from grokmath's (transposed W_E and W_Q/K/V, per-head
 or flat W_O, transposed MLP weights); `load_seed_checkpoint(path)` reads the file the notebook
-saved. The config is read off the shapes; only the activation (never stored) is an argument.
+saved. The config is read off the names and shapes; only the MLP activation, which no state dict
+stores, must be given (default 'ReLU', as in every seed notebook).
 """
 from __future__ import annotations
 
@@ -138,8 +139,8 @@ def load_seed_state_dict(state_dict: dict, act_type: str = "ReLU",
     fixed `pos_embed.sinusoidal_pos_embeds`). Read off the shapes: n_layers, d_model, n_heads,
     d_head, d_mlp, d_vocab, d_vocab_out, n_ctx (from the causal-mask buffer), attention-only or
     not, the positional embedding, and W_O's layout ([n_heads, d_model, d_head] in the grokking
-    notebook's Transformer, flat [d_model, n_heads * d_head] with head-major columns in the
-    analysis notebook's and the induction model). Not stored, so taken as arguments:
+    notebook's Transformer; flat [d_model, n_heads * d_head], head-major columns, in the analysis
+    notebook's Transformer and the induction model). Not stored, so taken as arguments:
       act_type          the MLP activation, 'ReLU' (every seed notebook) or 'GeLU'; unused when
                         attention-only
       residual_doubled  None: True for AttnOnlyTransformer, whose block returns x + attn(x) and
