@@ -222,6 +222,8 @@ def to_tlens_config(model: Transformer) -> dict:
     cfg = model.cfg
     if cfg.positional != "learned":
         _unsupported("positional", cfg.positional, "TransformerLens's 'standard' positions are learned")
+    if cfg.residual_doubled:
+        _unsupported("residual_doubled", True, "a HookedTransformer block adds its input to the stream once")
     return {"n_layers": cfg.n_layers, "n_heads": cfg.n_heads, "d_model": cfg.d_model, "d_head": cfg.d_head,
             "d_mlp": None if cfg.attn_only else cfg.d_mlp, "act_fn": cfg.act_fn,
             "normalization_type": cfg.normalization, "d_vocab": cfg.d_vocab, "d_vocab_out": cfg.d_vocab_out,

@@ -6,7 +6,7 @@ import torch
 
 import seed_notebook_models as nb
 from grokmath import ModelConfig, Transformer
-from grokmath.interop import load_seed_checkpoint, load_seed_state_dict
+from grokmath.interop import load_seed_checkpoint, load_seed_state_dict, to_tlens_state_dict
 
 
 def build(make, seed=0):
@@ -151,6 +151,8 @@ def test_residual_doubled_is_a_validated_config_field():
     assert ModelConfig.from_dict(cfg.to_dict()) == cfg
     assert ModelConfig.from_dict({k: v for k, v in ModelConfig().to_dict().items() if k != 'residual_doubled'}) \
         == ModelConfig()  # configs saved before the field still load
+    with pytest.raises(ValueError, match="residual_doubled"):  # TransformerLens cannot hold it
+        to_tlens_state_dict(Transformer(ModelConfig(d_model=16, residual_doubled=True)))
 
 
 # ---- errors --------------------------------------------------------------------------------------
