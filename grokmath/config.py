@@ -30,6 +30,9 @@ class ModelConfig:
     mlp_bias: bool = True  # b_in, b_out (the seed notebooks have them)
     unembed_bias: bool = False  # b_U
     ln_eps: float = 1e-5
+    # The induction seed notebook's quirk, for loading its checkpoints: its block returns
+    # x + attn(x) and its model adds x again, so each block outputs 2 * x + attn(x) (+ mlp_out).
+    residual_doubled: bool = False
     seed: int = 0
 
     def __post_init__(self):
@@ -61,7 +64,7 @@ class ModelConfig:
             fail("positional", "is not a known positional embedding", f"use one of {POSITIONALS}")
         if not (isinstance(self.ln_eps, (int, float)) and self.ln_eps > 0):
             fail("ln_eps", "is not a positive number", "use a small positive float such as 1e-5")
-        for name in ("attn_only", "attn_bias", "mlp_bias", "unembed_bias"):
+        for name in ("attn_only", "attn_bias", "mlp_bias", "unembed_bias", "residual_doubled"):
             if not isinstance(getattr(self, name), bool):
                 fail(name, "is not a bool", "use True or False")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):

@@ -157,6 +157,7 @@ class Block(nn.Module):
     def __init__(self, cfg: ModelConfig, gen: torch.Generator):
         super().__init__()
         self.attn_only = cfg.attn_only
+        self.residual_doubled = cfg.residual_doubled
         use_ln = cfg.normalization == "LN"
         self.ln1 = LayerNorm(cfg) if use_ln else nn.Identity()
         self.attn = Attention(cfg, gen)
@@ -176,6 +177,10 @@ class Block(nn.Module):
         if not self.attn_only:
             resid = self.hook_resid_mid(resid)
             resid = resid + self.hook_mlp_out(self.mlp(self.ln2(resid)))
+        if self.residual_doubled:  # the induction notebook adds the block's input again
+            resid = resid + (resid_pre if q_pos is None else resid_pre[:, q_pos])
+        # resid_post: the stream the next block reads (2 * resid_pre + attn_out when doubled; the
+        # notebook's own hook_resid_post held resid_post - resid_pre)
         return self.hook_resid_post(resid)
 
 

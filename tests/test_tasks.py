@@ -149,6 +149,128 @@ def test_addition_answer_from_tokens_flags_malformed_rows():
     assert task.answer_from_tokens(tokens) == [46, None]
 
 
+# ---- addition in the seed notebooks' layout ----------------------------------------------------
+
+# Worked by hand from the notebooks' definitions. Per-digit lists: most significant digit first
+# (the 'addition interpretability' notebook); carries: carry into the units (0), then the carry out
+# of each digit from the units up (the 'non-modular addition' notebook).
+HAND_WORKED = {
+    "55555+44445": dict(answer=[1, 0, 0, 0, 0, 0], base_adds=[9, 9, 9, 9, 10], make_carry1s=[1, 1, 1, 1, 1],
+                        sum9s=[1, 1, 1, 1, 0], use_carry1s=[1, 1, 1, 1, 0], use_sum9s=[1, 1, 1, 1, 0],
+                        carries=[0, 1, 1, 1, 1, 1]),
+    "12345+67890": dict(answer=[0, 8, 0, 2, 3, 5], base_adds=[7, 9, 11, 13, 5], make_carry1s=[0, 1, 1, 1, 0],
+                        sum9s=[0, 1, 0, 0, 0], use_carry1s=[1, 1, 1, 0, 0], use_sum9s=[0, 1, 0, 0, 0],
+                        carries=[0, 0, 1, 1, 1, 0]),
+    "99999+00001": dict(answer=[1, 0, 0, 0, 0, 0], base_adds=[9, 9, 9, 9, 10], make_carry1s=[1, 1, 1, 1, 1],
+                        sum9s=[1, 1, 1, 1, 0], use_carry1s=[1, 1, 1, 1, 0], use_sum9s=[1, 1, 1, 1, 0],
+                        carries=[0, 1, 1, 1, 1, 1]),
+    "00000+00000": dict(answer=[0] * 6, base_adds=[0] * 5, make_carry1s=[0] * 5, sum9s=[0] * 5,
+                        use_carry1s=[0] * 5, use_sum9s=[0] * 5, carries=[0] * 6),
+    "90000+10000": dict(answer=[1, 0, 0, 0, 0, 0], base_adds=[10, 0, 0, 0, 0], make_carry1s=[1, 0, 0, 0, 0],
+                        sum9s=[0] * 5, use_carry1s=[0] * 5, use_sum9s=[0] * 5, carries=[0, 0, 0, 0, 0, 1]),
+    "45000+54000": dict(answer=[0, 9, 9, 0, 0, 0], base_adds=[9, 9, 0, 0, 0], make_carry1s=[0] * 5,
+                        sum9s=[1, 1, 0, 0, 0], use_carry1s=[0] * 5, use_sum9s=[0] * 5, carries=[0] * 6),
+}
+
+
+def test_notebook_layout_on_questions_worked_by_hand():
+    task = make_task("addition", n_digits=5)
+    batch = task.from_questions(task.encode([q + "=" for q in HAND_WORKED]))
+    layout = task.notebook_layout(batch)
+    for row, want in enumerate(HAND_WORKED.values()):
+        assert layout.tokens[row, -6:].tolist() == want["answer"]
+        for name in ("base_adds", "make_carry1s", "sum9s", "use_carry1s", "use_sum9s", "carries"):
+            got = getattr(layout, name)
+            assert got.dtype == torch.int64, name
+            assert got[row].tolist() == want[name], (list(HAND_WORKED)[row], name)
+    assert layout.tokens is batch.tokens
+    tokens, base_adds, make_carry1s, sum9s, use_carry1s, use_sum9s = layout.analysis_notebook()
+    assert sum9s is layout.sum9s and use_sum9s is layout.use_sum9s and base_adds is layout.base_adds
+    assert layout.grokking_notebook() == (batch.tokens, layout.carries)
+
+
+def notebook_interpretability_metadata(tokens, num_digits):
+    """The 'addition interpretability' notebook's data_generator loop, re-typed, on given questions."""
+    batch = tokens.clone()
+    batch_size = batch.shape[0]
+    base_adds = torch.zeros((batch_size, num_digits)).to(torch.int64)
+    make_carry1s = torch.zeros((batch_size, num_digits)).to(torch.int64)
+    sum9s = torch.zeros((batch_size, num_digits)).to(torch.int64)
+    use_carry1s = torch.zeros((batch_size, num_digits)).to(torch.int64)
+    use_sum9s = torch.zeros((batch_size, num_digits)).to(torch.int64)
+    for i in range(num_digits):
+        test_col = num_digits - 1 - i
+        base_add = batch[:, num_digits - 1 - i] + batch[:, 2 * num_digits - i]
+        base_adds[:, test_col] = base_add
+        sum9 = (base_add == 9)
+        sum9s[:, test_col] = sum9
+        if i > 0:
+            use_carry1s[:, test_col] = make_carry1s[:, test_col + 1]
+        use_carry = use_carry1s[:, test_col]
+        use_sum9s[:, test_col] = sum9 & use_carry
+        digit_sum = base_add + use_carry1s[:, test_col]
+        make_carry = (digit_sum >= 10)
+        make_carry1s[:, test_col] = make_carry
+        batch[:, -1 - i] = (digit_sum % 10)
+    batch[:, -1 - num_digits] = make_carry1s[:, 0]
+    return batch, base_adds, make_carry1s, sum9s, use_carry1s, use_sum9s
+
+
+def notebook_grokking_carries(tokens, num_digits):
+    """The 'non-modular addition' notebook's data_generator loop, re-typed, on given questions."""
+    batch = tokens.clone()
+    carries = [torch.zeros((batch.shape[0],)).to(torch.int64)]
+    for i in range(num_digits):
+        carry = carries[-1]
+        digit_sum = (batch[:, num_digits - 1 - i] + batch[:, 2 * num_digits - i] + carry)
+        batch[:, -1 - i] = (digit_sum % 10)
+        carry = (digit_sum >= 10).to(torch.int64)
+        carries.append(carry)
+    batch[:, -1 - num_digits] = carries[-1]
+    return batch, torch.stack(carries, axis=1)
+
+
+@pytest.mark.parametrize("n", [1, 2, 5, 9])
+def test_notebook_layout_equals_the_notebooks_own_loops(n):
+    task = make_task("addition", n_digits=n)
+    batch = task.sample(400, gen(50 + n))
+    layout = task.notebook_layout(batch)
+    theirs = notebook_interpretability_metadata(batch.tokens, n)
+    for got, want in zip(layout.analysis_notebook(), theirs):
+        assert got.dtype == want.dtype and torch.equal(got, want)
+    for got, want in zip(layout.grokking_notebook(), notebook_grokking_carries(batch.tokens, n)):
+        assert got.dtype == want.dtype and torch.equal(got, want)
+
+
+@pytest.mark.parametrize("n", [1, 3, 5, 8])
+def test_notebook_layout_matches_python_integers(n):
+    task = make_task("addition", n_digits=n)
+    batch = task.sample(300, gen(70 + n))
+    layout = task.notebook_layout(batch)
+    assert layout.base_adds.shape == (300, n) and layout.carries.shape == (300, n + 1)
+    for row, text in enumerate(task.decode(batch.tokens)):
+        xs, ys, _ = parse_addition(text, n)
+        x, y = int(xs), int(ys)
+        carry_into = [int(x % 10 ** p + y % 10 ** p >= 10 ** p) for p in range(n + 1)]  # place p receives a carry
+        assert layout.carries[row].tolist() == carry_into
+        for col in range(n):  # column 0 is the most significant digit, place n - 1
+            p = n - 1 - col
+            base = x // 10 ** p % 10 + y // 10 ** p % 10
+            assert layout.base_adds[row, col] == base
+            assert layout.make_carry1s[row, col] == carry_into[p + 1]
+            assert layout.sum9s[row, col] == int(base == 9)
+            assert layout.use_carry1s[row, col] == carry_into[p]
+            assert layout.use_sum9s[row, col] == int(base == 9 and carry_into[p] == 1)
+
+
+def test_notebook_layout_needs_full_rows():
+    task = make_task("addition", n_digits=3)
+    questions = task.encode(["123+456="])
+    with pytest.raises(ValueError, match="from_questions"):
+        task.notebook_layout(Batch(questions, questions[:, :0]))
+    assert task.notebook_layout(task.from_questions(questions)).carries.tolist() == [[0, 0, 0, 0]]
+
+
 # ---- arithmetic ----------------------------------------------------------------------------
 
 

@@ -26,6 +26,8 @@ the top place (A{n} = 0), UseCarry1 when there is (A{n} = 1), never UseSum9.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from .base import (Batch, Task, check_generator, check_int, decode_tokens, encode_strings,
@@ -76,6 +78,44 @@ def check_layout(tokens: torch.Tensor, allowed: list[torch.Tensor], example: str
     for pos in range(tokens.shape[1]):
         if not bool(allowed[pos].to(tokens.device)[tokens[:, pos]].all()):
             raise ValueError(f"token {pos} does not follow the layout, which is like {example}")
+
+
+@dataclass(frozen=True)
+class NotebookAddition:
+    """One batch in the seed notebooks' layout; every tensor int64 (0/1 for the flags).
+
+    The five per-digit tensors are [batch, n_digits] with column 0 the MOST significant digit
+    (10^(n-1)) and column n-1 the units, as the 'addition interpretability' notebook's
+    data_generator yields them (its loss cells read the units as `[:, -1]`):
+      base_adds     x + y in that column (0..18)
+      make_carry1s  x + y + carry-in >= 10: the column carries out (make_carry1s[:, 0] is the
+                    answer's leading digit)
+      sum9s         x + y == 9 (the notebook's name; there is no `make_sum9s`)
+      use_carry1s   the column receives a carry (0 for the units)
+      use_sum9s     sum9s & use_carry1s
+    `carries` is the 'non-modular addition' notebook's [batch, n_digits + 1], in carry order, UNITS
+    FIRST: column 0 the carry into the units (always 0), column k the carry out of the k-th digit
+    from the right (column n: the answer's leading digit). `tokens` are the full rows
+    [batch, 3n+3], the same layout in grokmath and both notebooks.
+    """
+
+    tokens: torch.Tensor  # [batch, 3n+3]
+    base_adds: torch.Tensor  # [batch, n], most significant first
+    make_carry1s: torch.Tensor
+    sum9s: torch.Tensor
+    use_carry1s: torch.Tensor
+    use_sum9s: torch.Tensor
+    carries: torch.Tensor  # [batch, n+1], units first, leading carry-in column of zeros
+
+    def analysis_notebook(self) -> tuple[torch.Tensor, ...]:
+        """(tokens, base_adds, make_carry1s, sum9s, use_carry1s, use_sum9s): what
+        `next(data_generator(...))` returns in the 'addition interpretability' notebook."""
+        return self.tokens, self.base_adds, self.make_carry1s, self.sum9s, self.use_carry1s, self.use_sum9s
+
+    def grokking_notebook(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(tokens, carries): what `next(data_generator(...))` returns in the 'non-modular addition
+        grokking tasks' notebook."""
+        return self.tokens, self.carries
 
 
 class AdditionTask(Task):
@@ -130,6 +170,25 @@ class AdditionTask(Task):
         n_test = n_train if n_test is None else check_int("n_test", n_test, 0)
         return unique_split(self.sample, n_train, n_test, check_generator(generator),
                             self.n_question, n_distinct=100 ** self.n_digits)
+
+    def notebook_layout(self, batch: Batch) -> NotebookAddition:
+        """The batch's per-digit metadata in the seed notebooks' layout (see NotebookAddition:
+        per-digit tensors most significant digit first, `carries` units first).
+
+        Computed from the questions in `batch.tokens` (full rows of this task); the tokens are
+        returned as given. Use `task.from_questions(tokens)` first for questions alone.
+        """
+        if batch.tokens.dim() != 2 or batch.tokens.shape[1] != self.n_ctx:
+            raise ValueError(f"notebook_layout needs full rows of {self.n_ctx} tokens like {self.example}, "
+                             f"got shape {tuple(batch.tokens.shape)}; complete questions with from_questions")
+        place = self.from_questions(batch.tokens).meta  # units first, bool
+        msd_first = {key: place[key].flip(1).long() for key in ("base_add", "make_carry", "sum9",
+                                                                  "use_carry", "use_sum9")}
+        no_carry_in = torch.zeros_like(msd_first["make_carry"][:, :1])
+        return NotebookAddition(
+            tokens=batch.tokens, base_adds=msd_first["base_add"], make_carry1s=msd_first["make_carry"],
+            sum9s=msd_first["sum9"], use_carry1s=msd_first["use_carry"], use_sum9s=msd_first["use_sum9"],
+            carries=torch.cat([no_carry_in, place["make_carry"].long()], dim=1))
 
     def case_masks(self, batch: Batch) -> dict[str, torch.Tensor]:
         """BaseAdd / UseCarry1 / UseSum9 bool masks [batch, n_pred] that partition the answer digits."""
