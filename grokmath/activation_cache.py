@@ -362,7 +362,8 @@ class ActivationCache:
     # ---- LayerNorm and logits --------------------------------------------------------------------
 
     def _ln_scale(self, layer: int, mlp_input: bool, pos_slice: Slice, batch_slice: Slice | None = None):
-        key = "ln_final.hook_scale" if layer == self._n_layers else f"blocks.{layer}.ln{2 if mlp_input else 1}.hook_scale"
+        ln = "ln_final" if layer == self._n_layers else f"blocks.{layer}.ln{2 if mlp_input else 1}"
+        key = f"{ln}.hook_scale"
         if key not in self.cache_dict:
             raise KeyError(f"apply_ln needs the cached LayerNorm scale {key!r}: cache it (names_filter) and retry")
         scale = pos_slice.apply(self.cache_dict[key], dim=-2)  # [*batch_pos, 1]

@@ -112,7 +112,8 @@ class Slice:
         elif isinstance(input_slice, (int, np.integer)) and not isinstance(input_slice, bool):
             self.slice, self.mode = int(input_slice), "int"
         elif isinstance(input_slice, (list, torch.Tensor, np.ndarray)):
-            array = input_slice.detach().cpu().numpy() if isinstance(input_slice, torch.Tensor) else np.asarray(input_slice)
+            is_tensor = isinstance(input_slice, torch.Tensor)
+            array = input_slice.detach().cpu().numpy() if is_tensor else np.asarray(input_slice)
             if array.ndim == 0:
                 self.slice, self.mode = int(array), "int"
             else:

@@ -104,7 +104,7 @@ class TransformerWeights:
         if not 0 <= layer <= n:
             raise ValueError(f"layer={layer}: use 0..{n}")
         if mlp_input and layer == n:
-            raise ValueError("mlp_input=True needs a layer below n_layers: there is no attention bias beyond the final layer")
+            raise ValueError("mlp_input=True needs a layer below n_layers: no attention bias lies past the last")
         total = self.W_U.new_zeros(self.cfg.d_model)
         for block in self.blocks[:layer]:
             total = total + self._bias_or_zeros(block.attn, "b_O", (self.cfg.d_model,))
@@ -125,7 +125,8 @@ class TransformerWeights:
             raise ValueError(f"tokens must be integer ids, got dtype {tokens.dtype}")
         n_out = self.cfg.d_vocab_out
         if tokens.numel() and (tokens.min() < 0 or tokens.max() >= n_out):
-            raise ValueError(f"token ids must lie in 0..{n_out - 1} (d_vocab_out={n_out}), got {tokens.min()}..{tokens.max()}")
+            raise ValueError(f"token ids must lie in 0..{n_out - 1} (d_vocab_out={n_out}), "
+                             f"got {int(tokens.min())}..{int(tokens.max())}")
         if tokens.numel() == 1:
             return self.W_U[:, int(tokens)]  # [d_model]
         return self.W_U[:, tokens.to(self.W_U.device)].movedim(0, -1)  # [..., d_model]

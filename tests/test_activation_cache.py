@@ -72,7 +72,8 @@ def test_get_act_name_as_transformerlens_documents_it():
     assert get_act_name("attn_out", 1) == "blocks.1.hook_attn_out"
     assert get_act_name("pattern", 0) == get_act_name("attn", 0) == "blocks.0.attn.hook_pattern"
     assert get_act_name("attn_logits", 0) == "blocks.0.attn.hook_attn_scores"
-    assert get_act_name("value", 3) == "blocks.3.attn.hook_v" and get_act_name("mlp_post", 1) == "blocks.1.mlp.hook_post"
+    assert get_act_name("value", 3) == "blocks.3.attn.hook_v"
+    assert get_act_name("mlp_post", 1) == "blocks.1.mlp.hook_post"
     assert get_act_name("blocks.0.hook_resid_pre") == "blocks.0.hook_resid_pre"  # a full name passes
 
 
