@@ -388,8 +388,9 @@ class ActivationCache:
             raise ShapeError("mlp_input=True has no meaning at the final layer (the unembedding)")
         if has_batch_dim:
             residual_stack = batch_slice.apply(residual_stack, dim=1)
-        if recompute_ln and layer == self._n_layers:
-            return self.model.ln_final(residual_stack)
+        if recompute_ln and layer == self._n_layers:  # each row normalised on its own: any layout will do
+            rows = residual_stack.reshape(-1, 1, residual_stack.shape[-1])  # [rows, 1, d_model]
+            return self.model.ln_final(rows).reshape(residual_stack.shape)
         centred = residual_stack - residual_stack.mean(-1, keepdim=True)
         return centred / self._ln_scale(layer, mlp_input, pos_slice, batch_slice)
 

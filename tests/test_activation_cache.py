@@ -33,7 +33,8 @@ def make_model(**settings):
 def cache_of(model, batch=BATCH):
     tokens = torch.randint(0, 11, (batch, N_CTX), generator=torch.Generator().manual_seed(2))
     logits, cache = model.run_with_cache(tokens)
-    return logits, ActivationCache(dict(cache), model)
+    # per-head results are not cached by default in TransformerLens: the cache computes them from z
+    return logits, ActivationCache({k: v for k, v in dict(cache).items() if not k.endswith("hook_result")}, model)
 
 
 def layer_norm_by_hand(x, eps=1e-5):
@@ -104,9 +105,20 @@ def test_lookup_by_name_shorthand_alias_and_negative_layer(ln_run):
 def test_result_lookup_names_the_fix():
     model = make_model()
     _, cache = cache_of(model)
-    cache.cache_dict.pop("blocks.0.attn.hook_result", None)
     with pytest.raises(KeyError, match="compute_head_results"):
         cache["result", 0]
+
+
+def test_slice_modes():
+    x = torch.arange(24).reshape(2, 12)
+    assert torch.equal(Slice(3).apply(x, dim=1), x[:, 3]) and Slice(3).mode == "int"
+    assert torch.equal(Slice((2,)).apply(x, 1), x[:, :2]) and torch.equal(Slice((1, 9, 3)).apply(x, -1), x[:, 1:9:3])
+    assert torch.equal(Slice([0, 5]).apply(x, 1), x[:, [0, 5]]) and Slice(torch.tensor([0, 5])).mode == "array"
+    assert torch.equal(Slice(None).apply(x), x) and Slice(None).mode == "identity"
+    assert Slice((1, 9, 3)).indices(12).tolist() == [1, 4, 7] and Slice(4).indices().tolist() == [4]
+    assert Slice.unwrap(4).mode == "array" and torch.equal(Slice.unwrap(4).apply(x, 1), x[:, [4]])
+    with pytest.raises(ValueError, match="cannot slice"):
+        Slice("last")
 
 
 # ---- residual stream stacks ----------------------------------------------------------------------
@@ -372,14 +384,15 @@ def test_remove_and_slice_the_batch_dimension(ln_run):
 @pytest.mark.parametrize("pos_slice", [None, (1, 3), -1])
 @pytest.mark.parametrize("apply_ln", [False, True])
 def test_a_batchless_cache_gives_the_batched_row(ln_run, layer, pos_slice, apply_ln):
-    model, _, cache = ln_run
+    model, _, full = ln_run
+    cache = ActivationCache({k: v for k, v in full.items() if not k.endswith("hook_result")}, model)
     batched = cache.accumulated_resid(layer=layer, pos_slice=pos_slice, apply_ln=apply_ln, incl_mid=True)
     row = cache.apply_slice_to_batch_dim(1).accumulated_resid(layer=layer, pos_slice=pos_slice, apply_ln=apply_ln,
                                                               incl_mid=True)
     close(row, batched[:, 1])
+    row_cache = cache.apply_slice_to_batch_dim(1)  # sliced before the head results exist
+    full_row = row_cache.get_full_resid_decomposition(layer=layer, pos_slice=pos_slice, apply_ln=apply_ln)
     full = cache.get_full_resid_decomposition(layer=layer, pos_slice=pos_slice, apply_ln=apply_ln)
-    full_row = cache.apply_slice_to_batch_dim(1).get_full_resid_decomposition(layer=layer, pos_slice=pos_slice,
-                                                                              apply_ln=apply_ln)
     close(full_row, full[:, 1], rtol=1e-5, atol=1e-6)
 
 
