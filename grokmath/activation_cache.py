@@ -124,7 +124,9 @@ class ActivationCache:
         if batch != 1:
             raise ShapeError(f"cannot remove the batch dimension of a cache with batch size {batch}: "
                              "take one example with cache.apply_slice_to_batch_dim(i)")
-        self.cache_dict = {k: v[0] if v.ndim > 0 and v.shape[0] == 1 else v for k, v in self.cache_dict.items()}
+        for k, v in self.cache_dict.items():
+            if v.ndim > 0 and v.shape[0] == 1:
+                self.cache_dict[k] = v[0]
         self.has_batch_dim = False
         return self
 
