@@ -24,44 +24,8 @@ from typing import Callable, Iterable
 import torch
 import torch.nn as nn
 
-# Names used by the seed notebooks for two attention hook points.
-ALIASES = {"hook_attn": "hook_pattern", "hook_attn_pre": "hook_attn_scores"}
-
-# Short names accepted by cache[short, layer], as in TransformerLens's get_act_name.
-_SHORT_NAMES = {
-    "q": "attn.hook_q", "k": "attn.hook_k", "v": "attn.hook_v", "z": "attn.hook_z",
-    "result": "attn.hook_result", "pattern": "attn.hook_pattern", "attn": "attn.hook_pattern",
-    "attn_scores": "attn.hook_attn_scores", "scores": "attn.hook_attn_scores",
-    "pre": "mlp.hook_pre", "post": "mlp.hook_post",
-    "resid_pre": "hook_resid_pre", "resid_mid": "hook_resid_mid", "resid_post": "hook_resid_post",
-    "attn_out": "hook_attn_out", "mlp_out": "hook_mlp_out",
-}
-
-
-def canonical_name(name: str) -> str:
-    """Map the seed notebooks' alias names (attn.hook_attn, attn.hook_attn_pre) to ours."""
-    head, _, last = name.rpartition(".")
-    if last in ALIASES:
-        return f"{head}.{ALIASES[last]}" if head else ALIASES[last]
-    if last.endswith("_grad") and last[: -len("_grad")] in ALIASES:
-        base = ALIASES[last[: -len("_grad")]]
-        return f"{head}.{base}_grad" if head else f"{base}_grad"
-    return name
-
-
-def act_name(short: str, layer: int | None = None, ln: str | None = None) -> str:
-    """Full hook name from a short one: act_name('pattern', 0) -> 'blocks.0.attn.hook_pattern'."""
-    if short in ("embed", "pos_embed"):
-        return f"hook_{short}"
-    if short in ("scale", "normalized"):
-        if layer is None:
-            return f"ln_final.hook_{short}"
-        return f"blocks.{layer}.{ln or 'ln1'}.hook_{short}"
-    if short not in _SHORT_NAMES:
-        raise KeyError(f"unknown activation {short!r}: use one of {sorted(_SHORT_NAMES)} or a full hook name")
-    if layer is None:
-        raise KeyError(f"activation {short!r} needs a layer: cache[{short!r}, 0]")
-    return f"blocks.{layer}.{_SHORT_NAMES[short]}"
+from .activation_cache import ActivationCache
+from .utils import ALIASES, _SHORT_NAMES, act_name, canonical_name  # noqa: F401 (re-exported)
 
 
 def _call_style(fn: Callable) -> str:
@@ -165,32 +129,6 @@ class HookPoint:
         return f"HookPoint({self.name!r}, fwd={len(self.fwd_hooks)}, bwd={len(self.bwd_hooks)})"
 
 
-class ActivationCache(dict):
-    """Activations by hook name; also `cache['pattern', 0]` and the seed notebooks' alias names."""
-
-    def _key(self, key):
-        if isinstance(key, tuple):
-            key = act_name(*key)
-        if not dict.__contains__(self, key):
-            key = canonical_name(key)
-        return key
-
-    def __getitem__(self, key):
-        full = self._key(key)
-        if not dict.__contains__(self, full):
-            raise KeyError(f"{key!r} is not in the cache: cached names are e.g. {list(self)[:6]}")
-        return dict.__getitem__(self, full)
-
-    def __contains__(self, key):
-        try:
-            return dict.__contains__(self, self._key(key))
-        except KeyError:
-            return False
-
-    def to(self, device) -> "ActivationCache":
-        return ActivationCache({k: v.to(device) for k, v in self.items()})
-
-
 NamesFilter = str | Iterable[str] | Callable[[str], bool] | None
 
 
@@ -270,7 +208,7 @@ class HookedRootModule(nn.Module):
         """
         if incl_bwd and loss_fn is None:
             raise ValueError("run_with_cache(incl_bwd=True) needs loss_fn: a function from logits to a scalar loss")
-        cache = ActivationCache()
+        cache = {}
         keep = make_filter(names_filter)
 
         def save(tensor, hook):
@@ -288,7 +226,7 @@ class HookedRootModule(nn.Module):
             else:
                 with torch.no_grad():
                     logits = self(*args, **kwargs)
-        return logits, cache
+        return logits, ActivationCache(cache, self)
 
     def cache_all(self, cache: dict, incl_bwd: bool = False):
         """The seed notebooks' API: cache every activation into `cache` until remove_all_hooks().

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 from .config import ModelConfig
 from .hooks import ALIASES, HookedRootModule, HookPoint
+from .weights import TransformerWeights
 
 
 def _randn(gen: torch.Generator, *shape: int, fan: int) -> nn.Parameter:
@@ -184,7 +185,7 @@ class Block(nn.Module):
         return self.hook_resid_post(resid)
 
 
-class Transformer(HookedRootModule):
+class Transformer(TransformerWeights, HookedRootModule):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.cfg = cfg
@@ -221,26 +222,3 @@ class Transformer(HookedRootModule):
         resid = self.ln_final(resid)
         logits = resid @ self.unembed.W_U  # [batch, pos, d_vocab_out]
         return logits + self.unembed.b_U if self.cfg.unembed_bias else logits
-
-    # Weights stacked over layers, as TransformerLens offers them: [n_layers, ...]
-    @property
-    def W_E(self):
-        return self.embed.W_E
-
-    @property
-    def W_pos(self):
-        return self.pos_embed.W_pos
-
-    @property
-    def W_U(self):
-        return self.unembed.W_U
-
-    def _stack(self, module: str, name: str):
-        return torch.stack([getattr(getattr(b, module), name) for b in self.blocks])
-
-    W_Q = property(lambda self: self._stack("attn", "W_Q"))
-    W_K = property(lambda self: self._stack("attn", "W_K"))
-    W_V = property(lambda self: self._stack("attn", "W_V"))
-    W_O = property(lambda self: self._stack("attn", "W_O"))
-    W_in = property(lambda self: self._stack("mlp", "W_in"))
-    W_out = property(lambda self: self._stack("mlp", "W_out"))

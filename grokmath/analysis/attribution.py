@@ -1,58 +1,61 @@
 """Direct logit attribution, the logit lens, and the QK / OV circuits of each head.
 
-Direct logit attribution splits the final residual stream into the parts that were added to it
-(token embedding, positional embedding, each head's `hook_result`, each attention layer's b_O
-when the model has attention biases, each MLP's `hook_mlp_out`) and maps each part straight to
-the logit of the correct answer. Without a final LayerNorm the parts sum exactly to
-logit - b_U. With one, LN(x) = (x - mean x) / scale * w + b: centring is linear, so each part is
-centred on its own and divided by the final LN's *cached* scale of the whole residual (frozen,
-as in TransformerLens), and the parts then sum to logit - b_U - b @ W_U. That constant is
-reported as the component 'bias' (present when the model has b_U or a final LN), so the rows of
-`direct_logit_attribution` always sum to the logit.
+These are thin users of `ActivationCache` and `FactoredMatrix` (grokmath's TransformerLens-style
+cache and factored matrices), so they give TransformerLens's numbers and labels.
 
-The logit lens applies the final LayerNorm (recomputing its scale) and W_U to the accumulated
-residual stream after each stage (resid_pre of each layer, resid_mid, and the final resid_post)
-and scores it against the answer. QK and OV circuits are kept as low-rank products
-(`LowRank(A, B)`, A @ B never formed unless asked): QK = W_E W_Q W_K^T W_E^T (query token x key
-token, no 1/sqrt(d_head) scale, as TransformerLens), OV = W_E W_V W_O W_U (source token x output
-logit). They describe the direct path from the embeddings and ignore LayerNorm and biases.
+Direct logit attribution splits the final residual stream with
+`cache.get_full_resid_decomposition(expand_neurons=False)`: each head's output ('L0H1', z @ W_O),
+each MLP layer's output ('0_mlp_out'), 'embed', 'pos_embed' and 'bias' (the attention layers'
+b_O), and maps each part straight to the logit of the answer. Without a final LayerNorm the parts
+sum exactly to logit - b_U. With one, LN(x) = (x - mean x) / scale * w + b: centring is linear, so
+`apply_ln=True` centres each part and divides it by the final LN's *cached* scale of the whole
+stream (frozen, as in TransformerLens); the parts are then dotted with w * W_U[:, answer], and the
+constant b @ W_U + b_U goes to the 'bias' row. So the rows always sum to the logit; 'bias' is
+there when the model has b_O, b_U or a final LN.
+
+The logit lens is `cache.accumulated_resid(incl_mid=True, apply_ln=True)` (the final LayerNorm run
+afresh on the stream after each stage) then W_U and b_U, scored against the answer. QK and OV
+circuits come from `model.QK` / `model.OV` as factored matrices (`LowRank`, A @ B never formed
+unless asked): QK = W_E W_Q W_K^T W_E^T (query token x key token, no 1/sqrt(d_head) scale, as
+TransformerLens), OV = W_E W_V W_O W_U (source token x output logit). They describe the direct
+path from the embeddings and ignore LayerNorm and biases.
 """
 from __future__ import annotations
 
 import pandas as pd
 import torch
 
+from grokmath.activation_cache import ActivationCache
+from grokmath.factored_matrix import FactoredMatrix
 from grokmath.losses import masked_mean
 
 from .common import answer_logits, model_device, score
 
 
+def _cache(model, tokens: torch.Tensor, names: list[str]):
+    """An ActivationCache of just `names` for `tokens` (no gradients)."""
+    _, cache = model.run_with_cache(tokens.to(model_device(model)), names_filter=names)
+    return cache
+
+
 # ---- direct logit attribution ------------------------------------------------------------------
 
+def _decomposition_names(cfg) -> list[str]:
+    names = ["hook_embed", "hook_pos_embed", "ln_final.hook_scale", "blocks.0.hook_resid_pre",
+             f"blocks.{cfg.n_layers - 1}.hook_resid_post"]
+    for layer in range(cfg.n_layers):  # head results come from z and W_O (cache.compute_head_results)
+        names += [f"blocks.{layer}.attn.hook_z", f"blocks.{layer}.hook_mlp_out"]
+    return names
+
+
 @torch.no_grad()
-def residual_components(model, tokens: torch.Tensor) -> tuple[torch.Tensor, list[str], torch.Tensor, dict]:
+def residual_components(model, tokens: torch.Tensor) -> tuple[torch.Tensor, list[str], torch.Tensor, ActivationCache]:
     """The parts that sum to the final residual stream: ([component, batch, pos, d_model], labels,
-    the final residual [batch, pos, d_model], cache)."""
-    cfg = model.cfg
-    names = ["hook_embed", "hook_pos_embed", "ln_final.hook_scale"]
-    for layer in range(cfg.n_layers):
-        names += [f"blocks.{layer}.attn.hook_result", f"blocks.{layer}.hook_mlp_out", f"blocks.{layer}.hook_resid_post"]
-    _, cache = model.run_with_cache(tokens.to(model_device(model)), names_filter=names)
-    parts, labels = [cache["hook_embed"]], ["embed"]
-    if cfg.positional != "none":
-        parts.append(cache["hook_pos_embed"])
-        labels.append("pos_embed")
-    for layer, block in enumerate(model.blocks):
-        result = cache[f"blocks.{layer}.attn.hook_result"]  # [batch, pos, head, d_model]
-        parts.extend(result.unbind(2))
-        labels.extend(f"L{layer}H{h}" for h in range(cfg.n_heads))
-        if cfg.attn_bias:
-            parts.append(block.attn.b_O.expand_as(parts[0]))
-            labels.append(f"L{layer} b_O")
-        if not cfg.attn_only:
-            parts.append(cache[f"blocks.{layer}.hook_mlp_out"])
-            labels.append(f"L{layer} mlp")
-    return torch.stack(parts), labels, cache[f"blocks.{cfg.n_layers - 1}.hook_resid_post"], cache
+    the final residual [batch, pos, d_model], cache). Labels are TransformerLens's ('L0H1',
+    '0_mlp_out', 'embed', 'pos_embed', 'bias'): cache.get_full_resid_decomposition(expand_neurons=False)."""
+    cache = _cache(model, tokens, _decomposition_names(model.cfg))
+    parts, labels = cache.get_full_resid_decomposition(expand_neurons=False, return_labels=True)
+    return parts, labels, cache["resid_post", -1], cache
 
 
 @torch.no_grad()
@@ -64,22 +67,24 @@ def direct_logit_attribution(model, batch, task, answers: torch.Tensor | None = 
     """
     cfg = model.cfg
     device = model_device(model)
-    parts, labels, _, cache = residual_components(model, batch.tokens)
-    parts = parts[:, :, task.pred_pos.to(device)]  # [component, batch, n_pred, d_model]
+    pred_pos = task.pred_pos.to(device)
+    cache = _cache(model, batch.tokens, _decomposition_names(cfg))
+    # centred and divided by the cached final-LN scale when the model has a final LayerNorm
+    parts, labels = cache.get_full_resid_decomposition(expand_neurons=False, apply_ln=True, pos_slice=pred_pos,
+                                                       return_labels=True)  # [component, batch, n_pred, d_model]
     answers = (batch.targets if answers is None else answers).to(device)
-    W_U = model.unembed.W_U
-    directions = W_U.T[answers]  # [batch, n_pred, d_model]
-    constant = torch.zeros(answers.shape, device=device)
-    if cfg.normalization == "LN":
-        scale = cache["ln_final.hook_scale"][:, task.pred_pos.to(device)]  # [batch, n_pred, 1]
-        parts = (parts - parts.mean(-1, keepdim=True)) / scale * model.ln_final.w
-        constant = constant + (model.ln_final.b @ W_U)[answers]
-    if cfg.unembed_bias:
-        constant = constant + model.unembed.b_U[answers]
+    directions = model.tokens_to_residual_directions(answers)  # [batch, n_pred, d_model]
+    constant = model.b_U[answers]  # [batch, n_pred]
+    if cfg.normalization == "LN":  # the final LN's w and b, which TransformerLens leaves to fold_ln
+        directions = directions * model.ln_final.w
+        constant = constant + (model.ln_final.b @ model.W_U)[answers]
     contributions = torch.einsum("cbpd,bpd->cbp", parts, directions)  # [component, batch, n_pred]
-    if cfg.normalization == "LN" or cfg.unembed_bias:
-        contributions = torch.cat([contributions, constant[None]])
-        labels = labels + ["bias"]
+    bias = labels.index("bias")
+    if cfg.attn_bias or cfg.unembed_bias or cfg.normalization == "LN":
+        contributions[bias] += constant
+    else:  # nothing can reach the logit but the other rows
+        contributions = torch.cat([contributions[:bias], contributions[bias + 1:]])
+        labels = labels[:bias] + labels[bias + 1:]
     return contributions, labels
 
 
@@ -110,29 +115,35 @@ def plot_attribution(table: pd.DataFrame, task, path, title: str = "direct logit
 
 # ---- the logit lens --------------------------------------------------------------------------
 
+def _stage_label(label: str) -> str:
+    """TransformerLens's '0_pre', '0_mid', 'final_post' -> this table's 'L0 pre', 'L0 mid', 'final'."""
+    if label == "final_post":
+        return "final"
+    layer, _, stage = label.partition("_")
+    return f"L{layer} {stage}"
+
+
+def _lens_names(cfg) -> list[str]:
+    names = ["ln_final.hook_scale", f"blocks.{cfg.n_layers - 1}.hook_resid_post"]
+    for layer in range(cfg.n_layers):
+        names += [f"blocks.{layer}.hook_resid_pre", f"blocks.{layer}.hook_resid_mid"]
+    return names
+
+
 @torch.no_grad()
 def accumulated_residual(model, tokens: torch.Tensor) -> tuple[torch.Tensor, list[str]]:
     """The residual stream after each stage: ([stage, batch, pos, d_model], labels), stages
-    'L0 pre', 'L0 mid', 'L1 pre', ..., 'final' (resid_post of the last layer)."""
-    cfg = model.cfg
-    names, labels = [], []
-    for layer in range(cfg.n_layers):
-        names.append(f"blocks.{layer}.hook_resid_pre")
-        labels.append(f"L{layer} pre")
-        if not cfg.attn_only:
-            names.append(f"blocks.{layer}.hook_resid_mid")
-            labels.append(f"L{layer} mid")
-    names.append(f"blocks.{cfg.n_layers - 1}.hook_resid_post")
-    labels.append("final")
-    _, cache = model.run_with_cache(tokens.to(model_device(model)), names_filter=names)
-    return torch.stack([cache[name] for name in names]), labels
+    'L0 pre', 'L0 mid', 'L1 pre', ..., 'final' (resid_post of the last layer);
+    cache.accumulated_resid(incl_mid=True) with its labels renamed."""
+    cache = _cache(model, tokens, _lens_names(model.cfg))
+    stages, labels = cache.accumulated_resid(incl_mid=True, return_labels=True)
+    return stages, [_stage_label(label) for label in labels]
 
 
 @torch.no_grad()
 def unembed(model, resid: torch.Tensor) -> torch.Tensor:
     """Final LayerNorm (its scale recomputed from `resid`) and unembedding: [..., d_model] -> [..., vocab]."""
-    logits = model.ln_final(resid) @ model.unembed.W_U
-    return logits + model.unembed.b_U if model.cfg.unembed_bias else logits
+    return model.ln_final(resid) @ model.W_U + model.b_U
 
 
 @torch.no_grad()
@@ -140,13 +151,15 @@ def logit_lens(model, batch, task) -> pd.DataFrame:
     """Loss, accuracy, per-position loss and mean correct-answer logit of each residual stage."""
     device = model_device(model)
     batch = batch.to(device)
-    stages, labels = accumulated_residual(model, batch.tokens)
+    cache = _cache(model, batch.tokens, _lens_names(model.cfg))
+    # the final LayerNorm run afresh on each stage, as TransformerLens's logit lens
+    stages, labels = cache.accumulated_resid(incl_mid=True, apply_ln=True, return_labels=True)
     rows = []
     for stage, label in zip(stages, labels):
-        logits = answer_logits(unembed(model, stage), task)  # [batch, n_pred, vocab]
+        logits = answer_logits(stage @ model.W_U + model.b_U, task)  # [batch, n_pred, vocab]
         s = score(logits, batch)
         answer_logit = logits.gather(-1, batch.targets[..., None])[..., 0].to(torch.float64)
-        row = {"stage": label, "loss": s["loss"].item(), "acc": s["acc"].item(),
+        row = {"stage": _stage_label(label), "loss": s["loss"].item(), "acc": s["acc"].item(),
                "answer_logit": masked_mean(answer_logit, batch.mask).item()}
         row.update({f"loss_{name}": v for name, v in zip(task.pred_labels, s["loss_pos"].tolist())})
         rows.append(row)
@@ -162,33 +175,16 @@ def plot_logit_lens(table: pd.DataFrame, task, path, title: str = "logit lens: l
 
 # ---- QK and OV circuits --------------------------------------------------------------------------
 
-class LowRank:
-    """The matrix A @ B ([m, r] @ [r, n]) kept as its factors; `.full()` forms it."""
+class LowRank(FactoredMatrix):
+    """A FactoredMatrix A @ B ([m, r] @ [r, n]) under this module's older names: `full()` is `AB`,
+    `rank_bound` is `mdim`; `svd()` gives U [m, k], S [k], V [n, k] with A @ B = U diag(S) V^T."""
 
-    def __init__(self, A: torch.Tensor, B: torch.Tensor):
-        assert A.shape[-1] == B.shape[-2], f"inner sizes differ: {tuple(A.shape)} @ {tuple(B.shape)}"
-        self.A, self.B = A.detach(), B.detach()
-
-    @property
-    def shape(self) -> tuple[int, int]:
-        return (self.A.shape[-2], self.B.shape[-1])
+    def full(self) -> torch.Tensor:
+        return self.AB
 
     @property
     def rank_bound(self) -> int:
-        return self.A.shape[-1]
-
-    def full(self) -> torch.Tensor:
-        return self.A @ self.B
-
-    def svd(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """U [m, r], S [r], V [n, r] with A @ B = U diag(S) V^T, from QR of the factors (never m x n)."""
-        Qa, Ra = torch.linalg.qr(self.A)
-        Qb, Rb = torch.linalg.qr(self.B.T)
-        u, s, vh = torch.linalg.svd(Ra @ Rb.T)
-        return Qa @ u, s, Qb @ vh.T
-
-    def __repr__(self):
-        return f"LowRank(shape={self.shape}, inner={self.rank_bound})"
+        return self.mdim
 
 
 def _source(model, side: str) -> torch.Tensor:
@@ -201,17 +197,20 @@ def _source(model, side: str) -> torch.Tensor:
     raise ValueError(f"side {side!r} is unknown: use 'embed' or 'pos'")
 
 
+@torch.no_grad()
 def qk_circuit(model, layer: int, head: int, side: str = "embed") -> LowRank:
-    """W_E W_Q W_K^T W_E^T of one head [query token, key token] (side='pos': W_pos for W_E)."""
-    attn = model.blocks[layer].attn
+    """W_E W_Q W_K^T W_E^T of one head [query token, key token] (side='pos': W_pos for W_E):
+    W @ model.QK[layer, head] @ W^T."""
     W = _source(model, side)
-    return LowRank(W @ attn.W_Q[head], attn.W_K[head].T @ W.T)
+    circuit = W @ model.QK[layer, head] @ W.T
+    return LowRank(circuit.A, circuit.B)
 
 
+@torch.no_grad()
 def ov_circuit(model, layer: int, head: int) -> LowRank:
-    """W_E W_V W_O W_U of one head [source token, output logit]."""
-    attn = model.blocks[layer].attn
-    return LowRank(model.embed.W_E @ attn.W_V[head], attn.W_O[head] @ model.unembed.W_U)
+    """W_E W_V W_O W_U of one head [source token, output logit]: W_E @ model.OV[layer, head] @ W_U."""
+    circuit = model.W_E @ model.OV[layer, head] @ model.W_U
+    return LowRank(circuit.A, circuit.B)
 
 
 def plot_circuits(model, task, path, kind: str = "qk", tokens: list[int] | None = None):
