@@ -165,6 +165,13 @@ class ActivationCache:
             raise ShapeError(f"mlp_input=True needs an MLP at layer {layer}: this model "
                              + ("is attention-only" if self.model.cfg.attn_only else f"has {self._n_layers} layers"))
 
+    def _check_additive(self, what: str):
+        """A doubled-residual model's stream is not the sum of what its layers wrote: refuse."""
+        if getattr(self.model.cfg, "residual_doubled", False):
+            raise ValueError(f"{what} splits the residual stream into the sum of what each layer wrote, but this model "
+                             "doubles its stream in every block (residual_doubled=True, the induction notebook's "
+                             "quirk), so the parts would not add up: analyse a model without residual_doubled")
+
     def _resid_input(self, layer: int, mlp_input: bool) -> torch.Tensor:
         """The residual stream entering layer `layer`'s attention (or MLP); n_layers: the unembedding."""
         if mlp_input:
@@ -222,6 +229,7 @@ class ActivationCache:
         """
         if mode not in ("all", "mlp", "attn"):
             raise ValueError(f"mode={mode!r}: use 'all', 'mlp' or 'attn'")
+        self._check_additive("decompose_resid")
         pos_slice = Slice(pos_slice)
         layer = self._layer(layer)
         self._check_mlp_input(layer, mlp_input)
@@ -426,6 +434,7 @@ class ActivationCache:
         b_O, and the b_out not inside the MLP rows): [part, *batch_pos, d_model]; the rows sum to
         the stream. apply_ln: each row through apply_ln_to_stack; project_output_onto [d_model(, n)]:
         each row projected (last dimension n, or gone for a vector)."""
+        self._check_additive("get_full_resid_decomposition")
         layer = self._layer(layer)
         self._check_mlp_input(layer, mlp_input)
         pos_slice = Slice(pos_slice)

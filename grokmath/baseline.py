@@ -19,6 +19,8 @@ from .config import ModelConfig
 class PlainTransformer(nn.Module):
     def __init__(self, cfg: ModelConfig, state_dict: dict):
         super().__init__()
+        if cfg.residual_doubled:
+            raise ValueError("the plain baseline model has no doubled residual stream: benchmark a model without it")
         self.cfg = cfg
         # Same names as grokmath's, flattened: 'blocks.0.attn.W_Q' -> 'blocks_0_attn_W_Q'.
         self.params = nn.ParameterDict({k.replace(".", "_"): nn.Parameter(v.detach().clone())

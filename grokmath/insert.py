@@ -36,7 +36,7 @@ def insert_problems(small_cfg, large_cfg) -> list[str]:
     """Every reason the small model's weights cannot be placed in the large model ([] if none)."""
     problems = []
     for name in ("d_model", "d_head", "d_vocab", "d_vocab_out", "n_ctx", "act_fn", "normalization",
-                 "positional"):
+                 "positional", "residual_doubled"):
         a, b = getattr(small_cfg, name), getattr(large_cfg, name)
         if a != b:
             problems.append(f"{name} is {a!r} in the small model but {b!r} in the large one (they must be equal)")

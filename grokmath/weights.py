@@ -101,6 +101,9 @@ class TransformerWeights:
         """The b_O (and b_out) of every layer below `layer` summed [d_model]; with mlp_input also
         `layer`'s own b_O. layer runs 0..n_layers (n_layers: all of them)."""
         n = self.cfg.n_layers
+        if self.cfg.residual_doubled:
+            raise ValueError("accumulated_bias: this model doubles its residual stream in every block "
+                             "(residual_doubled=True), so the biases do not simply add up along it")
         if not 0 <= layer <= n:
             raise ValueError(f"layer={layer}: use 0..{n}")
         if mlp_input and layer == n:

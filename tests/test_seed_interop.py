@@ -240,3 +240,21 @@ def test_checkpoint_files_as_the_notebook_saves_them(tmp_path):
     with pytest.raises(ValueError, match="cannot read the checkpoint") as info:
         load_seed_checkpoint(tmp_path / 'absent.pth')
     assert "\n" not in str(info.value)
+
+
+def test_doubled_residual_refuses_additive_decompositions():
+    """A doubled stream is not the sum of the layers' outputs: the splits refuse rather than lie."""
+    from grokmath import ModelConfig, Transformer
+    from grokmath.insert import insert_problems
+
+    cfg = ModelConfig(n_layers=2, d_model=16, n_heads=2, d_vocab=7, n_ctx=6, attn_only=True, residual_doubled=True)
+    model = Transformer(cfg)
+    tokens = torch.randint(0, 7, (3, 6), generator=torch.Generator().manual_seed(0))
+    _, cache = model.run_with_cache(tokens)
+    for split in (cache.decompose_resid, cache.get_full_resid_decomposition):
+        with pytest.raises(ValueError, match="residual_doubled"):
+            split()
+    with pytest.raises(ValueError, match="residual_doubled"):
+        model.accumulated_bias(1)
+    plain = ModelConfig(n_layers=1, d_model=16, n_heads=2, d_vocab=7, n_ctx=6, attn_only=True)
+    assert any("residual_doubled" in p for p in insert_problems(plain, cfg))
