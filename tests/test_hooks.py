@@ -32,14 +32,41 @@ def expected_shapes(cfg, batch=4, pos=18):
             b + "attn.hook_attn_scores": (batch, h, pos, pos), b + "attn.hook_pattern": (batch, h, pos, pos),
             b + "attn.hook_result": (batch, pos, h, d),
             b + "mlp.hook_pre": (batch, pos, cfg.d_mlp), b + "mlp.hook_post": (batch, pos, cfg.d_mlp),
+            # the optional points, off by default as in TransformerLens
+            b + "hook_attn_in": (batch, pos, h, d), b + "hook_q_input": (batch, pos, h, d),
+            b + "hook_k_input": (batch, pos, h, d), b + "hook_v_input": (batch, pos, h, d),
+            b + "hook_mlp_in": (batch, pos, d),
         })
+    shapes.update({"unembed.hook_in": (batch, pos, d), "unembed.hook_out": (batch, pos, cfg.d_vocab_out)})
     return shapes
 
 
+OPTIONAL = ("attn.hook_result", "hook_attn_in", "hook_q_input", "hook_k_input", "hook_v_input", "hook_mlp_in")
+
+
+def switch_all(model, on=True):
+    model.set_use_attn_result(on)
+    model.set_use_attn_in(on)
+    model.set_use_split_qkv_input(on)
+    model.set_use_hook_mlp_in(on)
+
+
 def test_cache_has_every_hook_point_with_its_shape(model):
+    # By default (as in TransformerLens) the optional points are not computed, hence not cached.
+    _, default = model.run_with_cache(TOKENS)
+    expected = expected_shapes(CFG)
+    assert {k: tuple(v.shape) for k, v in default.items()} == {
+        k: v for k, v in expected.items() if not k.endswith(OPTIONAL)}
+    switch_all(model)
     logits, cache = model.run_with_cache(TOKENS)
-    assert {k: tuple(v.shape) for k, v in cache.items()} == expected_shapes(CFG)
+    switch_all(model, False)
+    # With a copy of the input per head, ln1 normalises each head's copy, as in TransformerLens.
+    per_head = {k: v[:2] + (CFG.n_heads,) + v[2:] for k, v in expected.items() if ".ln1." in k}
+    assert {k: tuple(v.shape) for k, v in cache.items()} == {**expected, **per_head}
     assert set(cache) == set(model.hook_dict)
+    for name in default:  # the switches change no value
+        want = default[name][:, :, None].expand(cache[name].shape) if name in per_head else default[name]
+        torch.testing.assert_close(cache[name], want, atol=1e-5, rtol=1e-5, msg=name)
     torch.testing.assert_close(cache["pattern", 1], cache["blocks.1.attn.hook_pattern"])
     torch.testing.assert_close(cache["blocks.0.attn.hook_attn"], cache["blocks.0.attn.hook_pattern"])
     # The pattern is a causal distribution, the scores are masked with -inf above the diagonal.
@@ -83,7 +110,7 @@ def test_zero_ablation_changes_logits_and_edits_propagate(model):
         z = z.clone()
         z[:, :, 0] = 0
         return z
-    _, cache = model.run_with_cache(TOKENS)
+    _, cache = model.run_with_cache(TOKENS, names_filter="blocks.0.attn.hook_result")
     with model.hooks(fwd_hooks=[("blocks.0.attn.hook_z", kill_head0)]):
         _, cache2 = model.run_with_cache(TOKENS, names_filter="blocks.0.attn.hook_result")
     assert cache2["result", 0][:, :, 0].abs().max() == 0
