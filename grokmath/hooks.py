@@ -447,13 +447,9 @@ class HookedRootModule(nn.Module):
         cache = {} if cache is None else cache
         index = _pos_index(pos_slice)
         by_name = names_filter is not None and not callable(names_filter)
-        if by_name:  # a name that matches nothing is a typo, not an empty cache
-            if not isinstance(names_filter, Iterable):
-                make_filter(names_filter)  # raises, naming what is accepted
-            names_filter = [names_filter] if isinstance(names_filter, str) else list(names_filter)
-            for name in names_filter:
-                self.get_hook_point(name)
-        keep = make_filter(names_filter)
+        if by_name and isinstance(names_filter, Iterable) and not isinstance(names_filter, str):
+            names_filter = list(names_filter)  # (an iterator would be spent by the first look)
+        keep = make_filter(names_filter)  # names the model lacks are skipped, as in TransformerLens
 
         def save(tensor, hook, is_backward=False):
             name = hook.name + "_grad" if is_backward else hook.name

@@ -219,8 +219,10 @@ def test_bad_hook_specs_are_named(model):
         model.run_with_hooks(TOKENS, fwd_hooks=("hook_embed", Counter().inc))
     with pytest.raises(KeyError, match="blocks.7.hook_z"):
         model.run_with_hooks(TOKENS, fwd_hooks=[("blocks.7.hook_z", Counter().inc)])
-    with pytest.raises(KeyError, match="blocks.7"):
-        model.run_with_cache(TOKENS, names_filter=["hook_embed", "blocks.7.hook_z"])
+    _, cache = model.run_with_cache(TOKENS, names_filter=["hook_embed", "blocks.7.hook_z"])  # as TransformerLens
+    assert list(cache) == ["hook_embed"]
+    with pytest.raises(ValueError, match="names_filter"):
+        model.run_with_cache(TOKENS, names_filter=7)
     assert model.list_hooks() == {}
 
 
