@@ -395,6 +395,8 @@ class HookedRootModule(nn.Module):
     def list_hooks(self, name_filter: NamesFilter = None, dir: str = "both",
                    including_permanent: bool = True) -> dict[str, list[LensHandle]]:
         """Attached hooks by hook point name (points with none are left out), as TransformerLens's."""
+        if dir not in ("fwd", "bwd", "both"):
+            raise ValueError(f"invalid hook direction {dir!r}: use 'fwd', 'bwd' or 'both'")
         keep = make_filter(name_filter)
         out = {}
         for name, hp in self.hook_dict.items():
@@ -459,8 +461,8 @@ class HookedRootModule(nn.Module):
                     raise ValueError(f"remove_batch_dim=True needs a batch of one, but {name} has batch "
                                      f"{tensor.shape[0]}: run one example, or index the cache afterwards")
                 tensor = tensor[0]
-            if index is not None and tensor.dim() >= 2:
-                pos_dim = -3 if hook.name.endswith(_HEAD_AXIS_POINTS) else -2
+            pos_dim = -3 if hook.name.endswith(_HEAD_AXIS_POINTS) else -2
+            if index is not None and tensor.dim() >= -pos_dim:
                 if hasattr(index, "apply"):
                     tensor = index.apply(tensor, dim=pos_dim)
                 else:

@@ -194,6 +194,17 @@ def test_backward_hooks_fire_on_a_later_backward_when_kept(model):
     assert model.list_hooks() == {}
 
 
+def test_backward_hook_may_return_a_tensor_a_one_tuple_or_none(model):
+    """TransformerLens's backward hooks get the gradient tensor and may return it bare, as (grad,)
+    or None; a returned gradient replaces it upstream."""
+    for returned in (lambda g: torch.zeros_like(g), lambda g: (torch.zeros_like(g),), lambda g: None):
+        model.zero_grad()
+        with model.hooks(bwd_hooks=[("blocks.1.hook_resid_pre", lambda g, hook: returned(g))]):
+            model(TOKENS).sum().backward()
+        blocked = model.blocks[0].mlp.W_in.grad.abs().max() == 0
+        assert blocked == (returned(torch.ones(1)) is not None)
+
+
 def test_list_hooks_and_dicts(model):
     model.add_perma_hook("hook_embed", Counter().inc)
     model.add_hook("blocks.1.attn.hook_pattern", Counter().inc, dir="bwd")
