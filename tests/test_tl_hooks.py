@@ -64,6 +64,26 @@ def test_hook_point_add_remove_levels_permanent_prepend():
         hp.remove_hooks("sideways")
 
 
+def test_has_hooks_by_direction_permanence_and_level():
+    hp = HookPoint()
+    assert not any(hp.has_hooks(d) for d in ("fwd", "bwd", "both"))
+    hp.add_hook(lambda x, hook: None, dir="fwd", level=0, is_permanent=True)
+    hp.add_hook(lambda x, hook: None, dir="fwd", level=1)
+    hp.add_hook(lambda x, hook: None, dir="bwd", level=0)
+    hp.add_hook(lambda x, hook: None, dir="bwd", level=2, is_permanent=True)
+    table = [  # (dir, level, including_permanent) -> expected
+        (("fwd", 0, True), True), (("fwd", 0, False), False), (("fwd", 1, False), True),
+        (("bwd", 0, False), True), (("bwd", 1, False), False), (("bwd", 2, True), True),
+        (("bwd", 2, False), False), (("both", 3, True), False), (("both", None, False), True),
+    ]
+    for (d, level, perm), expected in table:
+        assert hp.has_hooks(d, including_permanent=perm, level=level) == expected, (d, level, perm)
+    hp.remove_hooks("both")
+    assert hp.has_hooks() and not hp.has_hooks(including_permanent=False)
+    with pytest.raises(ValueError, match="direction"):
+        hp.has_hooks("sideways")
+
+
 def test_idle_hook_point_is_the_identity_object():
     hp, x = HookPoint("x"), torch.randn(3)
     assert hp(x) is x
