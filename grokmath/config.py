@@ -5,6 +5,7 @@ others; a value a user can get wrong raises a ValueError that names the field an
 """
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, fields
 
 ACT_FNS = ("relu", "gelu")
@@ -62,8 +63,9 @@ class ModelConfig:
             fail("normalization", "is not a known normalization", "use None (no LayerNorm) or 'LN'")
         if self.positional not in POSITIONALS:
             fail("positional", "is not a known positional embedding", f"use one of {POSITIONALS}")
-        if not (isinstance(self.ln_eps, (int, float)) and self.ln_eps > 0):
-            fail("ln_eps", "is not a positive number", "use a small positive float such as 1e-5")
+        eps = self.ln_eps
+        if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not math.isfinite(eps) or eps <= 0:
+            fail("ln_eps", "is not a finite positive number", "use a small positive float such as 1e-5")
         for name in ("attn_only", "attn_bias", "mlp_bias", "unembed_bias", "residual_doubled"):
             if not isinstance(getattr(self, name), bool):
                 fail(name, "is not a bool", "use True or False")

@@ -1,16 +1,22 @@
 """Hook points: a named, normally-invisible identity on every activation of the model.
 
-A `HookPoint` returns its input unchanged until something is attached. Forward hooks see the
-activation and may return a replacement (that is how ablation and patching work); backward
-hooks see its gradient through a tensor hook (not the deprecated module backward hooks) and may
-return a replacement gradient. A hook function may have the seed notebooks' signature
-`fn(tensor, name)` or TransformerLens's `fn(tensor, *, hook)`.
+A `HookPoint` returns its input unchanged until something is attached, and then behaves as
+TransformerLens 3.x's does: forward hooks see the activation and may return a replacement or edit
+it in place (that is how ablation and patching work); backward hooks see its gradient and may
+return a replacement gradient. Hooks are called `fn(act, hook=hook_point)` when they take `hook`
+or `**kwargs`, as TransformerLens calls them; the seed notebooks' `fn(act, name)` gets the name
+(and, backward, the gradient as a 1-tuple, as the notebooks read it). A hook point never hands a
+hook storage that the model still needs (a parameter, a tensor saved for the backward pass, the
+caller's input): a hook that may edit gets its own copy, so an in-place edit changes this forward
+only. Returning a non-tensor or a tensor of another shape is refused, naming the hook point.
 
-`HookedRootModule` is the part of the model that finds, runs and removes hooks:
-`model.hooks(...)` (a context manager), `run_with_hooks`, `run_with_cache`, and the seed
-notebooks' `hook_points`, `remove_all_hooks`, `cache_all`. Hooks added through the context
-manager or `run_*` are removed in a `finally`, so an exception in the forward, the hook or
-the backward leaves none behind.
+`HookedRootModule` is the part of the model that finds, runs and removes hooks, with
+TransformerLens's API: `add_hook`, `add_perma_hook`, `reset_hooks`, `remove_all_hook_fns`,
+`hooks(...)` (a context manager), `run_with_hooks`, `run_with_cache`, `list_hooks`,
+`hook_dict`, `mod_dict`; plus the seed notebooks' `hook_points`, `remove_all_hooks`,
+`cache_all`. Hooks added by `hooks(...)` and the `run_*` functions carry a context level and are
+removed in a `finally`, so an exception in the forward, a hook or the backward leaves none behind;
+permanent hooks survive every reset that does not say `including_permanent=True`.
 
 HookPoints are plain objects rather than nn.Modules so that, with nothing attached, one costs
 a Python call and a truth test.
@@ -18,7 +24,9 @@ a Python call and a truth test.
 from __future__ import annotations
 
 import inspect
+import warnings
 from contextlib import contextmanager
+from functools import partial
 from typing import Callable, Iterable
 
 import torch
@@ -29,71 +37,141 @@ from .utils import ALIASES, _SHORT_NAMES, act_name, canonical_name  # noqa: F401
 
 
 def _call_style(fn: Callable) -> str:
-    """How to call a hook: 'hook' for fn(x, *, hook), 'name' for the seed's fn(x, name=...),
-    'positional' for fn(x, name) under another parameter name, 'plain' for fn(x)."""
+    """How to call a hook: 'hook' for fn(x, hook=...) (a `hook` parameter or **kwargs, as
+    TransformerLens calls every hook), 'name' for the seed's fn(x, name=...), 'positional' for
+    fn(x, name) under another parameter name, 'plain' for fn(x)."""
     try:
         params = inspect.signature(fn).parameters
     except (TypeError, ValueError):
-        return "positional"
-    if "hook" in params:
         return "hook"
-    if "name" in params or any(p.kind == p.VAR_KEYWORD for p in params.values()):
+    if "hook" in params or any(p.kind == p.VAR_KEYWORD for p in params.values()):
+        return "hook"
+    if "name" in params:
         return "name"
     if len(params) >= 2 or any(p.kind == p.VAR_POSITIONAL for p in params.values()):
         return "positional"
     return "plain"
 
 
-class HookHandle:
-    """Returned by HookPoint.add_hook; `.remove()` detaches that one hook."""
+def _describe(fn) -> str:
+    fn = fn.func if isinstance(fn, partial) else fn
+    return getattr(fn, "__qualname__", None) or type(fn).__name__
 
-    def __init__(self, point: "HookPoint", entry: list):
-        self.point, self.entry = point, entry
+
+class LensHandle:
+    """One attached hook, as TransformerLens's LensHandle: `is_permanent`, `context_level`,
+    `user_hook`; `.remove()` (or `.hook.remove()`, TransformerLens's spelling) detaches it."""
+
+    def __init__(self, point, user_hook, dir, is_permanent, context_level, by_filter):
+        self.point, self.user_hook, self.dir = point, user_hook, dir
+        self.is_permanent, self.context_level = is_permanent, context_level
+        self.style = _call_style(user_hook)
+        self.by_filter = by_filter  # attached through a name filter rather than by its name
+        self.reads_only = getattr(user_hook, "_reads_only", False)  # grokmath's caching hooks
+        self.active = True
+
+    @property
+    def hook(self) -> "LensHandle":
+        return self
 
     def remove(self):
-        self.point._remove_entry(self.entry)
+        self.point._detach([self])
+
+    def __repr__(self):
+        extra = ", permanent" if self.is_permanent else ""
+        return f"LensHandle({self.point.name!r}, {self.dir}, {_describe(self.user_hook)}, level={self.context_level}{extra})"
+
+
+HookHandle = LensHandle  # the name grokmath used before
 
 
 class HookPoint:
-    """Identity on an activation, with optional forward and backward hooks."""
+    """Identity on an activation, with optional forward and backward hooks.
 
-    def __init__(self, name: str | None = None):
+    `copy_on_hook`: the activation may share storage with a weight or with another activation
+    (pos_embed's rows of W_pos, the per-head copies of the residual stream), so every hook,
+    caching ones included, gets a copy of it.
+    """
+
+    def __init__(self, name: str | None = None, copy_on_hook: bool = False):
         self.name = name
-        self.fwd_hooks: list[list] = []  # entries [fn, style, active]
-        self.bwd_hooks: list[list] = []
+        self.copy_on_hook = copy_on_hook
+        self.fwd_hooks: list[LensHandle] = []
+        self.bwd_hooks: list[LensHandle] = []
+        self.ctx: dict = {}  # for hooks to keep state between calls; cleared by reset_hooks()
+        self._copy = False  # whether forward hooks get a copy of the activation
 
     def give_name(self, name: str):
         self.name = name
 
-    def has_hooks(self) -> bool:
-        return bool(self.fwd_hooks or self.bwd_hooks)
-
-    def add_hook(self, hook: Callable, dir: str = "fwd") -> HookHandle:
+    def add_hook(self, hook: Callable, dir: str = "fwd", is_permanent: bool = False, level: int | None = None,
+                 prepend: bool = False, *, _by_filter: bool = False) -> LensHandle:
+        """Attach `hook` (forward 'fwd' or backward 'bwd'); `prepend` runs it before the others."""
         if dir not in ("fwd", "bwd"):
-            raise ValueError(f"invalid hook direction {dir!r}: use 'fwd' or 'bwd'")
-        entry = [hook, _call_style(hook), True]
-        (self.fwd_hooks if dir == "fwd" else self.bwd_hooks).append(entry)
-        return HookHandle(self, entry)
+            raise ValueError(f"invalid hook direction {dir!r} for {self.name}: use 'fwd' or 'bwd'")
+        if not callable(hook):
+            raise TypeError(f"hook for {self.name} is a {type(hook).__name__}, not a function: "
+                            "pass fn(activation, hook) -> None or a replacement tensor")
+        by_filter = _by_filter or getattr(hook, "_by_filter", False)
+        handle = LensHandle(self, hook, dir, is_permanent, level, by_filter)
+        hooks = self.fwd_hooks if dir == "fwd" else self.bwd_hooks
+        hooks.insert(0, handle) if prepend else hooks.append(handle)
+        self._update()
+        return handle
 
-    def remove_hooks(self, dir: str = "fwd"):
+    def add_perma_hook(self, hook: Callable, dir: str = "fwd") -> LensHandle:
+        return self.add_hook(hook, dir=dir, is_permanent=True)
+
+    def remove_hooks(self, dir: str = "fwd", including_permanent: bool = False, level: int | None = None):
+        """Remove this point's hooks in `dir` ('fwd', 'bwd' or 'both'): all but the permanent ones
+        (all of them with including_permanent), only those of context `level` if given."""
+        if dir not in ("fwd", "bwd", "both"):
+            raise ValueError(f"invalid hook direction {dir!r} for {self.name}: use 'fwd', 'bwd' or 'both'")
+
+        def goes(h):
+            return including_permanent or (not h.is_permanent and (level is None or h.context_level == level))
+
+        hooks = (self.fwd_hooks if dir != "bwd" else []) + (self.bwd_hooks if dir != "fwd" else [])
+        self._detach([h for h in hooks if goes(h)])
+
+    def _detach(self, handles: list[LensHandle]):
+        for h in handles:
+            h.active = False  # a backward hook whose graph outlives it stays silent
+        self.fwd_hooks = [h for h in self.fwd_hooks if h.active]
+        self.bwd_hooks = [h for h in self.bwd_hooks if h.active]
+        self._update()
+
+    def _update(self):
+        self._copy = bool(self.fwd_hooks) and (self.copy_on_hook or not all(h.reads_only for h in self.fwd_hooks))
+
+    def has_hooks(self, dir: str = "both", including_permanent: bool = True, level: int | None = None) -> bool:
+        if dir == "both" and including_permanent and level is None:  # the fast call components make
+            return bool(self.fwd_hooks or self.bwd_hooks)
         if dir not in ("fwd", "bwd", "both"):
             raise ValueError(f"invalid hook direction {dir!r}: use 'fwd', 'bwd' or 'both'")
-        if dir in ("fwd", "both"):
-            for entry in self.fwd_hooks:
-                entry[2] = False
-            self.fwd_hooks = []
-        if dir in ("bwd", "both"):
-            for entry in self.bwd_hooks:
-                entry[2] = False
-            self.bwd_hooks = []
+        hooks = (self.fwd_hooks if dir != "bwd" else []) + (self.bwd_hooks if dir != "fwd" else [])
+        return any((including_permanent or not h.is_permanent) and (level is None or h.context_level == level)
+                   for h in hooks)
 
-    def _remove_entry(self, entry: list):
-        entry[2] = False
-        self.fwd_hooks = [e for e in self.fwd_hooks if e is not entry]
-        self.bwd_hooks = [e for e in self.bwd_hooks if e is not entry]
+    def requested(self) -> bool:
+        """Whether a hook was attached to this point by its name (not through a name filter):
+        optional activations (attn.hook_result, hook_q_input, ...) are computed when it is."""
+        if not (self.fwd_hooks or self.bwd_hooks):
+            return False
+        return not all(h.by_filter for h in self.fwd_hooks + self.bwd_hooks)
 
-    def _run(self, entry: list, x, backward: bool):
-        fn, style, _ = entry
+    def clear_context(self):
+        self.ctx = {}
+
+    def layer(self) -> int:
+        """The block index of a hook point named blocks.L...."""
+        parts = (self.name or "").split(".")
+        if len(parts) < 3 or parts[0] != "blocks" or not parts[1].isdigit():
+            raise ValueError(f"hook point {self.name!r} is not inside a block: layer() needs a name 'blocks.L....'")
+        return int(parts[1])
+
+    def _call(self, handle: LensHandle, x, backward: bool):
+        fn, style = handle.user_hook, handle.style
         if style == "hook":
             return fn(x, hook=self)
         if style == "plain":
@@ -101,32 +179,47 @@ class HookPoint:
         x = (x,) if backward else x  # the seed notebooks' backward hooks read grad_output[0]
         return fn(x, name=self.name) if style == "name" else fn(x, self.name)
 
+    def _checked(self, out, x, handle: LensHandle, what: str):
+        if isinstance(out, tuple) and len(out) == 1 and what == "gradient":
+            out = out[0]  # TransformerLens's backward hooks may return (grad,)
+        if not isinstance(out, torch.Tensor):
+            raise TypeError(f"hook {_describe(handle.user_hook)} on {self.name} returned a {type(out).__name__}: "
+                            f"return None or a {what} tensor of shape {tuple(x.shape)}")
+        if out.shape != x.shape:
+            raise ValueError(f"hook {_describe(handle.user_hook)} on {self.name} returned shape {tuple(out.shape)}: "
+                             f"the {what} here has shape {tuple(x.shape)}; return None or a tensor of that shape")
+        return out
+
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if not (self.fwd_hooks or self.bwd_hooks):
             return x
-        for entry in list(self.fwd_hooks):
-            out = self._run(entry, x, backward=False)
-            if out is not None:
-                x = out
+        if self.fwd_hooks:
+            if self._copy:  # hooks may edit in place: give them storage nothing else uses
+                x = x.clone()
+            for handle in list(self.fwd_hooks):
+                out = self._call(handle, x, backward=False)
+                if out is not None:
+                    x = self._checked(out, x, handle, "activation")
         if self.bwd_hooks and x.requires_grad:
             x = x.view_as(x)  # a fresh node, so the gradient seen is this hook point's own
-            entries = list(self.bwd_hooks)
+            handles = list(self.bwd_hooks)
 
             def backward_hook(grad):
-                for entry in entries:
-                    if entry[2]:  # removed hooks stay silent even if the graph outlives them
-                        out = self._run(entry, grad, backward=True)
-                        if isinstance(out, tuple):
-                            out = out[0]
+                for handle in handles:
+                    if handle.active:  # removed hooks stay silent even if the graph outlives them
+                        out = self._call(handle, grad, backward=True)
                         if out is not None:
-                            grad = out
+                            grad = self._checked(out, grad, handle, "gradient")
                 return grad
 
             x.register_hook(backward_hook)
         return x
 
     def __repr__(self):
-        return f"HookPoint({self.name!r}, fwd={len(self.fwd_hooks)}, bwd={len(self.bwd_hooks)})"
+        bits = [f"name={self.name!r}"] if self.name is not None else []
+        bits += [f"{len(self.fwd_hooks)} fwd"] if self.fwd_hooks else []
+        bits += [f"{len(self.bwd_hooks)} bwd"] if self.bwd_hooks else []
+        return f"HookPoint({', '.join(bits)})"
 
 
 NamesFilter = str | Iterable[str] | Callable[[str], bool] | None
@@ -140,8 +233,31 @@ def make_filter(names_filter: NamesFilter) -> Callable[[str], bool]:
         return lambda name: name == target
     if callable(names_filter):
         return names_filter
+    if not isinstance(names_filter, Iterable):
+        raise ValueError(f"names_filter {names_filter!r}: use a hook name, a list of names or a function name -> bool")
     wanted = {canonical_name(n) for n in names_filter}
     return lambda name: name in wanted
+
+
+def _pos_index(pos_slice):
+    """TransformerLens's pos_slice: an int keeps that position (as a length-1 axis), a tuple is
+    slice(*tuple), a list/array/tensor picks positions; a Slice-like object is used as it is."""
+    if pos_slice is None or hasattr(pos_slice, "apply"):
+        return pos_slice
+    if isinstance(pos_slice, bool):
+        raise ValueError(f"pos_slice={pos_slice!r}: use an int, a (start, stop[, step]) tuple or a list of positions")
+    if isinstance(pos_slice, int):
+        return [pos_slice]
+    if isinstance(pos_slice, tuple):
+        return slice(*pos_slice)
+    if isinstance(pos_slice, slice):
+        return pos_slice
+    return torch.as_tensor(pos_slice).long()
+
+
+# Hook points whose position axis is third from last ([batch, pos, head, d]); elsewhere second.
+_HEAD_AXIS_POINTS = ("hook_q", "hook_k", "hook_v", "hook_z", "hook_result",
+                     "hook_q_input", "hook_k_input", "hook_v_input", "hook_attn_in")
 
 
 class HookedRootModule(nn.Module):
@@ -149,12 +265,20 @@ class HookedRootModule(nn.Module):
 
     def setup_hooks(self):
         self.hook_dict: dict[str, HookPoint] = {}
+        self.mod_dict: dict = {}  # every submodule and hook point by name, as TransformerLens has it
         for module_name, module in self.named_modules():
+            if module_name:
+                self.mod_dict[module_name] = module
             for attr, value in vars(module).items():
                 if isinstance(value, HookPoint):
                     name = f"{module_name}.{attr}" if module_name else attr
                     value.give_name(name)
                     self.hook_dict[name] = value
+        self.mod_dict.update(self.hook_dict)
+        self.context_level = 0
+        self.is_caching = False
+
+    setup = setup_hooks  # TransformerLens's name
 
     def hook_points(self) -> list[HookPoint]:
         return list(self.hook_dict.values())
@@ -165,70 +289,166 @@ class HookedRootModule(nn.Module):
             raise KeyError(f"no hook point {name!r}: list them with model.hook_dict.keys()")
         return self.hook_dict[full]
 
-    def remove_all_hooks(self, dir: str = "both"):
-        for hp in self.hook_points():
-            hp.remove_hooks(dir)
+    def _points(self, name_or_filter) -> list[tuple[HookPoint, bool]]:
+        """(hook point, attached through a filter) for a name, a list of names or a filter function."""
+        if isinstance(name_or_filter, str):
+            return [(self.get_hook_point(name_or_filter), False)]
+        if callable(name_or_filter):
+            return [(hp, True) for name, hp in self.hook_dict.items() if name_or_filter(name)]
+        if isinstance(name_or_filter, Iterable):
+            return [(self.get_hook_point(name), False) for name in name_or_filter]
+        raise TypeError(f"{name_or_filter!r} names no hook point: use a hook name, a list of names "
+                        "or a function name -> bool")
 
-    def list_hooks(self) -> dict[str, dict[str, int]]:
+    # Adding and removing hooks, as TransformerLens's HookedRootModule does.
+    def add_hook(self, name, hook: Callable, dir: str = "fwd", is_permanent: bool = False,
+                 level: int | None = None, prepend: bool = False):
+        """Attach `hook` to the hook point `name` (or to every point a filter function accepts)."""
+        for hp, by_filter in self._points(name):
+            hp.add_hook(hook, dir=dir, is_permanent=is_permanent, level=level, prepend=prepend, _by_filter=by_filter)
+
+    def add_perma_hook(self, name, hook: Callable, dir: str = "fwd"):
+        self.add_hook(name, hook, dir=dir, is_permanent=True)
+
+    def remove_all_hook_fns(self, direction: str = "both", including_permanent: bool = False, level: int | None = None):
+        for hp in self.hook_dict.values():
+            hp.remove_hooks(direction, including_permanent=including_permanent, level=level)
+
+    def clear_contexts(self):
+        for hp in self.hook_dict.values():
+            hp.clear_context()
+
+    def reset_hooks(self, clear_contexts: bool = True, direction: str = "both", including_permanent: bool = False,
+                    level: int | None = None):
+        """Remove hooks (not the permanent ones unless including_permanent) and clear hook contexts."""
+        if clear_contexts:
+            self.clear_contexts()
+        self.remove_all_hook_fns(direction, including_permanent, level=level)
+        self.is_caching = False
+
+    def remove_all_hooks(self, dir: str = "both"):
+        """The seed notebooks' API: remove every hook, permanent ones included."""
+        self.remove_all_hook_fns(dir, including_permanent=True)
+
+    def list_hooks(self, name_filter: NamesFilter = None, dir: str = "both",
+                   including_permanent: bool = True) -> dict[str, list[LensHandle]]:
+        """Attached hooks by hook point name (points with none are left out), as TransformerLens's."""
+        if dir not in ("fwd", "bwd", "both"):
+            raise ValueError(f"invalid hook direction {dir!r}: use 'fwd', 'bwd' or 'both'")
+        keep = make_filter(name_filter)
+        out = {}
+        for name, hp in self.hook_dict.items():
+            if keep(name):
+                handles = (hp.fwd_hooks if dir != "bwd" else []) + (hp.bwd_hooks if dir != "fwd" else [])
+                handles = [h for h in handles if including_permanent or not h.is_permanent]
+                if handles:
+                    out[name] = handles
+        return out
+
+    def hook_counts(self) -> dict[str, dict[str, int]]:
         """Hook points with something attached: {name: {'fwd': n, 'bwd': n}}."""
         return {hp.name: {"fwd": len(hp.fwd_hooks), "bwd": len(hp.bwd_hooks)}
-                for hp in self.hook_points() if hp.has_hooks()}
+                for hp in self.hook_dict.values() if hp.has_hooks()}
 
-    def _resolve(self, name_or_filter) -> list[HookPoint]:
-        if isinstance(name_or_filter, str):
-            return [self.get_hook_point(name_or_filter)]
-        keep = make_filter(name_or_filter)
-        return [hp for name, hp in self.hook_dict.items() if keep(name)]
-
+    # Temporary hooks
     @contextmanager
-    def hooks(self, fwd_hooks=(), bwd_hooks=()):
-        """Attach hooks for the duration of a `with` block; they are removed even on error."""
-        handles = []
+    def hooks(self, fwd_hooks=(), bwd_hooks=(), reset_hooks_end: bool = True, clear_contexts: bool = False):
+        """Attach hooks for the duration of a `with` block. On exit (error or not) every hook of
+        this block's context level is removed, unless reset_hooks_end=False."""
+        self.context_level += 1
+        level = self.context_level
         try:
             for hook_list, direction in ((fwd_hooks, "fwd"), (bwd_hooks, "bwd")):
-                for name_or_filter, fn in hook_list:
-                    for hp in self._resolve(name_or_filter):
-                        handles.append(hp.add_hook(fn, direction))
+                for name_or_filter, fn in _pairs(hook_list, f"{direction}_hooks"):
+                    for hp, by_filter in self._points(name_or_filter):
+                        hp.add_hook(fn, direction, level=level, _by_filter=by_filter)
             yield self
         finally:
-            for handle in handles:
-                handle.remove()
+            if reset_hooks_end:
+                self.reset_hooks(clear_contexts, including_permanent=False, level=level)
+            self.context_level -= 1
 
-    def run_with_hooks(self, *args, fwd_hooks=(), bwd_hooks=(), **kwargs):
-        """Forward with temporary hooks. Backward hooks need the backward run inside a
-        `with model.hooks(...)` block or through run_with_cache(incl_bwd=True, loss_fn=...)."""
-        with self.hooks(fwd_hooks, bwd_hooks):
-            return self(*args, **kwargs)
+    def run_with_hooks(self, *model_args, fwd_hooks=(), bwd_hooks=(), reset_hooks_end: bool = True,
+                       clear_contexts: bool = False, **model_kwargs):
+        """Forward with temporary hooks. Backward hooks fire only in a backward run while they are
+        attached: pass reset_hooks_end=False (then call model.reset_hooks() yourself), or run the
+        backward inside `with model.hooks(...)`."""
+        if bwd_hooks and reset_hooks_end:
+            warnings.warn("run_with_hooks removes its backward hooks before any backward pass can run them: "
+                          "pass reset_hooks_end=False or use `with model.hooks(bwd_hooks=...)`", stacklevel=2)
+        with self.hooks(fwd_hooks, bwd_hooks, reset_hooks_end, clear_contexts):
+            return self(*model_args, **model_kwargs)
 
-    def run_with_cache(self, *args, names_filter: NamesFilter = None, incl_bwd: bool = False,
-                       loss_fn: Callable | None = None, device=None, **kwargs):
-        """Forward (and with incl_bwd, backward of loss_fn(logits)) caching activations.
+    # Caching
+    def get_caching_hooks(self, names_filter: NamesFilter = None, incl_bwd: bool = False, device=None,
+                          remove_batch_dim: bool = False, cache: dict | None = None, pos_slice=None):
+        """(cache, fwd_hooks, bwd_hooks): hooks that store activations (and with incl_bwd their
+        gradients, as name + '_grad') into `cache`; they are not attached."""
+        cache = {} if cache is None else cache
+        index = _pos_index(pos_slice)
+        by_name = names_filter is not None and not callable(names_filter)
+        if by_name and isinstance(names_filter, Iterable) and not isinstance(names_filter, str):
+            names_filter = list(names_filter)  # (an iterator would be spent by the first look)
+        keep = make_filter(names_filter)  # names the model lacks are skipped, as in TransformerLens
 
-        Returns (logits, cache). Gradients are cached as `name + '_grad'`.
+        def save(tensor, hook, is_backward=False):
+            name = hook.name + "_grad" if is_backward else hook.name
+            tensor = tensor.detach() if device is None else tensor.detach().to(device)
+            if remove_batch_dim:
+                if tensor.shape[0] != 1:
+                    raise ValueError(f"remove_batch_dim=True needs a batch of one, but {name} has batch "
+                                     f"{tensor.shape[0]}: run one example, or index the cache afterwards")
+                tensor = tensor[0]
+            pos_dim = -3 if hook.name.endswith(_HEAD_AXIS_POINTS) else -2
+            if index is not None and tensor.dim() >= -pos_dim:
+                if hasattr(index, "apply"):
+                    tensor = index.apply(tensor, dim=pos_dim)
+                else:
+                    tensor = tensor[(slice(None),) * (tensor.dim() + pos_dim) + (index,)]
+            cache[name] = tensor
+
+        fwd, bwd = [], []
+        for name in self.hook_dict:
+            if keep(name):
+                fwd.append((name, _caching(partial(save), by_filter=not by_name)))
+                if incl_bwd:
+                    bwd.append((name, _caching(partial(save, is_backward=True), by_filter=not by_name)))
+        self.is_caching = True
+        return cache, fwd, bwd
+
+    def add_caching_hooks(self, names_filter: NamesFilter = None, incl_bwd: bool = False, device=None,
+                          remove_batch_dim: bool = False, cache: dict | None = None) -> dict:
+        """Attach caching hooks (until reset_hooks()) and return the dict they fill."""
+        cache, fwd, bwd = self.get_caching_hooks(names_filter, incl_bwd, device, remove_batch_dim, cache)
+        for (name, fn), direction in [(pair, "fwd") for pair in fwd] + [(pair, "bwd") for pair in bwd]:
+            self.hook_dict[name].add_hook(fn, direction)
+        return cache
+
+    def run_with_cache(self, *model_args, names_filter: NamesFilter = None, device=None,
+                       remove_batch_dim: bool = False, incl_bwd: bool = False, reset_hooks_end: bool = True,
+                       clear_contexts: bool = False, pos_slice=None, return_cache_object: bool = True,
+                       loss_fn: Callable | None = None, **model_kwargs):
+        """Run the model and return (output, cache of activations), as TransformerLens's.
+
+        As there, the forward runs in the caller's grad mode, so the output keeps its graph unless
+        under torch.no_grad(); cached tensors are detached. With incl_bwd, the backward runs from
+        `loss_fn(logits)` if given (grokmath's: any function from logits to a scalar), else from the
+        output itself (return_type='loss'), and gradients are cached as name + '_grad'.
         """
-        if incl_bwd and loss_fn is None:
-            raise ValueError("run_with_cache(incl_bwd=True) needs loss_fn: a function from logits to a scalar loss")
-        cache = {}
-        keep = make_filter(names_filter)
-
-        def save(tensor, hook):
-            cache[hook.name] = tensor.detach() if device is None else tensor.detach().to(device)
-
-        def save_grad(grad, hook):
-            cache[hook.name + "_grad"] = grad.detach() if device is None else grad.detach().to(device)
-
-        fwd = [(keep, save)]
-        bwd = [(keep, save_grad)] if incl_bwd else []
-        with self.hooks(fwd, bwd):
+        if loss_fn is not None and not incl_bwd:
+            raise ValueError("loss_fn is only used with incl_bwd=True (it gives the scalar to differentiate)")
+        if incl_bwd and not torch.is_grad_enabled():
+            raise ValueError("run_with_cache(incl_bwd=True) needs gradients: call it outside torch.no_grad()")
+        cache_dict, fwd, bwd = self.get_caching_hooks(names_filter, incl_bwd, device, remove_batch_dim,
+                                                      pos_slice=pos_slice)
+        with self.hooks(fwd, bwd, reset_hooks_end, clear_contexts):
+            out = self(*model_args, **model_kwargs)
             if incl_bwd:
-                logits = self(*args, **kwargs)
-                loss_fn(logits).backward()
-            else:
-                with torch.no_grad():
-                    logits = self(*args, **kwargs)
-        return logits, ActivationCache(cache, self)
+                _scalar_to_differentiate(out, loss_fn).backward()
+        cache = ActivationCache(cache_dict, self, has_batch_dim=not remove_batch_dim) if return_cache_object else cache_dict
+        return out, cache
 
-    def cache_all(self, cache: dict, incl_bwd: bool = False):
+    def cache_all(self, cache: dict, incl_bwd: bool = False, device=None, remove_batch_dim: bool = False):
         """The seed notebooks' API: cache every activation into `cache` until remove_all_hooks().
 
         Aliased points are stored under both names (e.g. attn.hook_pattern and attn.hook_attn).
@@ -240,18 +460,50 @@ class HookedRootModule(nn.Module):
                 if last == target:
                     yield f"{head}.{alias}"
 
-        def save_hook(tensor, hook):
+        def store(tensor, hook, suffix=""):
+            tensor = tensor.detach() if device is None else tensor.detach().to(device)
             for name in names(hook):
-                cache[name] = tensor.detach()
+                cache[name + suffix] = tensor[0] if remove_batch_dim else tensor
 
-        def save_hook_back(grad, hook):
-            for name in names(hook):
-                cache[name + "_grad"] = grad.detach()
-
-        for hp in self.hook_points():
-            hp.add_hook(save_hook, "fwd")
+        for hp in self.hook_dict.values():
+            hp.add_hook(_caching(partial(store), by_filter=True), "fwd")
             if incl_bwd:
-                hp.add_hook(save_hook_back, "bwd")
+                hp.add_hook(_caching(partial(store, suffix="_grad"), by_filter=True), "bwd")
+        self.is_caching = True
+
+    def cache_some(self, cache: dict, names: Callable[[str], bool], incl_bwd: bool = False, device=None,
+                   remove_batch_dim: bool = False):
+        """TransformerLens's older API: cache the activations `names` accepts until reset_hooks()."""
+        self.add_caching_hooks(names, incl_bwd, device, remove_batch_dim, cache)
+
+
+def _caching(fn: partial, by_filter: bool) -> partial:
+    """Mark a caching hook: it only reads (so it needs no copy of the activation), and whether it
+    was attached through a filter (so that optional activations stay off for it)."""
+    fn._reads_only, fn._by_filter = True, by_filter
+    return fn
+
+
+def _pairs(hook_list, arg: str):
+    """The (name or filter, function) pairs of fwd_hooks / bwd_hooks, refusing other shapes."""
+    if isinstance(hook_list, tuple) and len(hook_list) == 2 and callable(hook_list[1]):
+        raise TypeError(f"{arg} is one (name, hook) pair: pass a list of pairs, {arg}=[(name, hook)]")
+    pairs = list(hook_list)
+    for pair in pairs:
+        if not (isinstance(pair, (tuple, list)) and len(pair) == 2 and callable(pair[1])):
+            raise TypeError(f"{arg} entry {pair!r} is not a (name or filter, hook function) pair")
+    return pairs
+
+
+def _scalar_to_differentiate(out, loss_fn):
+    if loss_fn is not None:
+        target = loss_fn(out.logits if hasattr(out, "logits") else out)
+    else:
+        target = out.loss if hasattr(out, "loss") else out
+    if not (isinstance(target, torch.Tensor) and target.numel() == 1 and target.requires_grad):
+        raise ValueError("run_with_cache(incl_bwd=True) needs a scalar to differentiate: pass loss_fn "
+                         "(a function from logits to a scalar loss) or return_type='loss'")
+    return target
 
 
 @contextmanager
@@ -274,4 +526,5 @@ def _identity(x):
     return x
 
 
-_identity.has_hooks = lambda: False  # components ask this of their hook points
+_identity.has_hooks = lambda: False  # components ask these of their hook points
+_identity.requested = lambda: False

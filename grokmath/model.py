@@ -1,16 +1,26 @@
-"""The Transformer, written by hand: Embed, PosEmbed, LayerNorm, Attention, MLP, Block.
+"""The Transformer, written by hand: Embed, PosEmbed, LayerNorm, Attention, MLP, Block, Unembed.
 
 Parameter and hook names are TransformerLens's, so its vocabulary (W_E, W_Q, hook_pattern,
-hook_resid_post, ...) works here unchanged. Initialisation follows the seed notebooks
-(`randn / sqrt(fan)`), drawn from a local generator seeded by `cfg.seed`.
+hook_resid_post, ...) works here unchanged, and so does its `forward`: `return_type` 'logits',
+'loss' (the next-token loss, for models whose output vocabulary is the input one), 'both' or
+None, `loss_per_token`, `stop_at_layer` and `start_at_layer`. Initialisation follows the seed
+notebooks (`randn / sqrt(fan)`), drawn from a local generator seeded by `cfg.seed`.
 
 `model(tokens)` returns logits at every position. `model(tokens, positions=pos)` returns them
 only at `pos`: the last layer then computes queries, MLP and unembedding only there, which is
 all that training on the answer positions needs (analysis leaves `positions` unset).
+
+As in TransformerLens, four switches add hook points that cost memory and are off by default:
+`set_use_attn_result` (each head's output, attn.hook_result), `set_use_attn_in` and
+`set_use_split_qkv_input` (a copy of the residual stream per head, hook_attn_in and
+hook_q_input / hook_k_input / hook_v_input) and `set_use_hook_mlp_in`. Unlike TransformerLens, a
+hook attached to one of these points by its name switches it on for that run (TransformerLens
+refuses it in add_hook and silently skips it in run_with_hooks).
 """
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 import torch.nn as nn
@@ -19,6 +29,14 @@ import torch.nn.functional as F
 from .config import ModelConfig
 from .hooks import ALIASES, HookedRootModule, HookPoint
 from .weights import TransformerWeights
+
+RETURN_TYPES = ("logits", "loss", "both", None)
+
+
+class Output(NamedTuple):
+    """What forward(..., return_type='both') returns, as TransformerLens's Output."""
+    logits: torch.Tensor
+    loss: torch.Tensor
 
 
 def _randn(gen: torch.Generator, *shape: int, fan: int) -> nn.Parameter:
@@ -48,12 +66,14 @@ class PosEmbed(nn.Module):
             self.register_buffer("W_pos", W_pos / math.sqrt(cfg.d_model))
 
     def forward(self, tokens):
+        # A view of W_pos: free when nothing is hooked; hook_pos_embed copies it for any hook.
         batch, n_pos = tokens.shape
         return self.W_pos[:n_pos].expand(batch, n_pos, -1)  # [batch, pos, d_model]
 
 
 class LayerNorm(nn.Module):
-    """(x - mean) / sqrt(var + eps), then scale w and bias b, as TransformerLens does."""
+    """(x - mean) / sqrt(var + eps), then scale w and bias b, as TransformerLens does; as in
+    TransformerLens 3.x, hook_normalized sees the activation before w and b."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -66,7 +86,7 @@ class LayerNorm(nn.Module):
     def forward(self, x):
         x = x - x.mean(-1, keepdim=True)
         scale = self.hook_scale((x.pow(2).mean(-1, keepdim=True) + self.eps).sqrt())
-        return self.hook_normalized(x / scale * self.w + self.b)
+        return self.hook_normalized(x / scale) * self.w + self.b
 
 
 class Attention(nn.Module):
@@ -85,6 +105,7 @@ class Attention(nn.Module):
             self.b_O = nn.Parameter(torch.zeros(d))
         self.bias = cfg.attn_bias
         self.fused = True  # scaled_dot_product_attention when nothing hooks the pattern (off under vmap)
+        self.use_attn_result = False  # model.set_use_attn_result
         for name in ("q", "k", "v", "attn_scores", "pattern", "z", "result"):
             setattr(self, f"hook_{name}", HookPoint())
 
@@ -102,16 +123,27 @@ class Attention(nn.Module):
             out = out + torch.stack(biases)
         return out.unbind(-3)
 
-    def forward(self, x, q_pos=None):
-        # x: [batch, pos, d_model]; q_pos: [n_q] positions whose output is needed (None: all)
-        if q_pos is None:
+    def _project_heads(self, x, which: str):
+        # A separate input per head: [batch, pos, head, d_model] -> [batch, pos, head, d_head]
+        out = torch.einsum("bphm,hmd->bphd", x, getattr(self, f"W_{which}"))
+        return out + getattr(self, f"b_{which}") if self.bias else out
+
+    def forward(self, x, q_pos=None, key_input=None, value_input=None):
+        """x: [batch, pos, d_model], the input of queries, keys and values; or, with key_input and
+        value_input given, the query input, each [batch, pos, head, d_model] (one per head).
+        q_pos: [n_q] positions whose output is needed (None: all)."""
+        if key_input is not None:
+            q_in = x if q_pos is None else x[:, q_pos]
+            q = self._project_heads(q_in, "Q")
+            k, v = self._project_heads(key_input, "K"), self._project_heads(value_input, "V")
+        elif q_pos is None:
             q, k, v = self._project(x, (self.W_Q, self.W_K, self.W_V), self._biases("QKV"))
         else:
             k, v = self._project(x, (self.W_K, self.W_V), self._biases("KV"))
             (q,) = self._project(x[:, q_pos], (self.W_Q,), self._biases("Q"))
         q, k, v = self.hook_q(q), self.hook_k(k), self.hook_v(v)  # [batch, pos, head, d_head]
         n_k = k.shape[1]
-        k_idx = torch.arange(n_k, device=x.device)
+        k_idx = torch.arange(n_k, device=k.device)
         q_idx = k_idx if q_pos is None else q_pos
         allowed = k_idx[None, :] <= q_idx[:, None]  # [query, key] causal mask
         if not self.fused or self.hook_attn_scores.has_hooks() or self.hook_pattern.has_hooks():
@@ -124,7 +156,7 @@ class Attention(nn.Module):
                 q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=allowed
             ).transpose(1, 2)
         z = self.hook_z(z)  # [batch, q, head, d_head]
-        if self.hook_result.has_hooks():
+        if self.use_attn_result or self.hook_result.requested():
             result = self.hook_result(torch.einsum("bqhd,hdm->bqhm", z, self.W_O))  # [batch, q, head, d_model]
             out = result.sum(dim=2)
         else:
@@ -165,24 +197,64 @@ class Block(nn.Module):
         self.hook_resid_pre = HookPoint()
         self.hook_attn_out = HookPoint()
         self.hook_resid_post = HookPoint()
+        # Off unless switched on (model.set_use_attn_in / set_use_split_qkv_input / set_use_hook_mlp_in)
+        self.use_attn_in = self.use_split_qkv_input = self.use_hook_mlp_in = False
+        self.hook_attn_in = HookPoint(copy_on_hook=True)  # [batch, pos, head, d_model]
+        self.hook_q_input = HookPoint(copy_on_hook=True)  # [batch, pos, head, d_model]
+        self.hook_k_input = HookPoint(copy_on_hook=True)
+        self.hook_v_input = HookPoint(copy_on_hook=True)
         if not cfg.attn_only:
             self.ln2 = LayerNorm(cfg) if use_ln else nn.Identity()
             self.mlp = MLP(cfg, gen)
             self.hook_resid_mid = HookPoint()
+            self.hook_mlp_in = HookPoint()  # [batch, pos, d_model]
             self.hook_mlp_out = HookPoint()
 
     def forward(self, x, q_pos=None):
         resid_pre = self.hook_resid_pre(x)  # [batch, pos, d_model]
-        attn_out = self.hook_attn_out(self.attn(self.ln1(resid_pre), q_pos))  # [batch, q, d_model]
+        attn_out = self.hook_attn_out(self._attend(resid_pre, q_pos))  # [batch, q, d_model]
         resid = (resid_pre if q_pos is None else resid_pre[:, q_pos]) + attn_out
         if not self.attn_only:
             resid = self.hook_resid_mid(resid)
-            resid = resid + self.hook_mlp_out(self.mlp(self.ln2(resid)))
+            mlp_in = self.hook_mlp_in(resid) if self.use_hook_mlp_in or self.hook_mlp_in.requested() else resid
+            resid = resid + self.hook_mlp_out(self.mlp(self.ln2(mlp_in)))
         if self.residual_doubled:  # the induction notebook adds the block's input again
             resid = resid + (resid_pre if q_pos is None else resid_pre[:, q_pos])
         # resid_post: the stream the next block reads (2 * resid_pre + attn_out when doubled; the
         # notebook's own hook_resid_post held resid_post - resid_pre)
         return self.hook_resid_post(resid)
+
+    def _attend(self, resid_pre, q_pos):
+        """ln1 and attention; with the per-head switches, each head reads its own copy of the input."""
+        split = self.use_split_qkv_input or self.hook_q_input.requested() or self.hook_k_input.requested() \
+            or self.hook_v_input.requested()
+        per_head = self.use_attn_in or self.hook_attn_in.requested()
+        if not (split or per_head):
+            return self.attn(self.ln1(resid_pre), q_pos)
+        heads = resid_pre[:, :, None].expand(-1, -1, self.attn.n_heads, -1)  # [batch, pos, head, d_model]
+        if per_head:
+            heads = self.hook_attn_in(heads)
+        if not split:
+            normalized = self.ln1(heads)
+            return self.attn(normalized, q_pos, normalized, normalized)
+        q_in, k_in, v_in = self.hook_q_input(heads), self.hook_k_input(heads), self.hook_v_input(heads)
+        return self.attn(self.ln1(q_in), q_pos, self.ln1(k_in), self.ln1(v_in))
+
+
+class Unembed(nn.Module):
+    def __init__(self, cfg: ModelConfig, gen: torch.Generator):
+        super().__init__()
+        # The seed scales W_U by 1/sqrt(d_vocab_out).
+        self.W_U = _randn(gen, cfg.d_model, cfg.d_vocab_out, fan=cfg.d_vocab_out)  # [d_model, d_vocab_out]
+        if cfg.unembed_bias:
+            self.b_U = nn.Parameter(torch.zeros(cfg.d_vocab_out))
+        self.bias = cfg.unembed_bias
+        self.hook_in = HookPoint()  # [batch, pos, d_model]
+        self.hook_out = HookPoint()  # [batch, pos, d_vocab_out]
+
+    def forward(self, x):
+        logits = self.hook_in(x) @ self.W_U  # [batch, pos, d_vocab_out]
+        return self.hook_out(logits + self.b_U if self.bias else logits)
 
 
 class Transformer(TransformerWeights, HookedRootModule):
@@ -194,31 +266,135 @@ class Transformer(TransformerWeights, HookedRootModule):
         self.hook_embed = HookPoint()  # [batch, pos, d_model]
         if cfg.positional != "none":
             self.pos_embed = PosEmbed(cfg, gen)
-            self.hook_pos_embed = HookPoint()
+            self.hook_pos_embed = HookPoint(copy_on_hook=True)  # hooks must not see W_pos's storage
         self.blocks = nn.ModuleList(Block(cfg, gen) for _ in range(cfg.n_layers))
         self.ln_final = LayerNorm(cfg) if cfg.normalization == "LN" else nn.Identity()
-        self.unembed = nn.Module()
-        # The seed scales W_U by 1/sqrt(d_vocab_out).
-        self.unembed.W_U = _randn(gen, cfg.d_model, cfg.d_vocab_out, fan=cfg.d_vocab_out)  # [d_model, d_vocab_out]
-        if cfg.unembed_bias:
-            self.unembed.b_U = nn.Parameter(torch.zeros(cfg.d_vocab_out))
+        self.unembed = Unembed(cfg, gen)
+        self.use_attn_result = self.use_attn_in = self.use_split_qkv_input = self.use_hook_mlp_in = False
         self.setup_hooks()
 
-    def forward(self, tokens: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
-        """tokens [batch, pos] -> logits [batch, pos, d_vocab_out], or [batch, len(positions), ...]."""
+    def forward(self, input: torch.Tensor, return_type: str | None = "logits", loss_per_token: bool = False,
+                stop_at_layer: int | None = None, start_at_layer: int | None = None,
+                positions: torch.Tensor | None = None, tokens: torch.Tensor | None = None):
+        """tokens [batch, pos] -> logits [batch, pos, d_vocab_out], or [batch, len(positions), ...].
+
+        return_type: 'logits', 'loss' (mean next-token loss; [batch, pos-1] with loss_per_token),
+        'both' (Output(logits, loss)) or None. stop_at_layer: return the residual stream before that
+        block (negative counts from the end). start_at_layer: `input` is the residual stream
+        [batch, pos, d_model] before that block (pass `tokens=` too for a loss).
+        """
+        if return_type not in RETURN_TYPES:
+            raise ValueError(f"return_type={return_type!r}: use one of {RETURN_TYPES}")
+        wants_loss = return_type in ("loss", "both") and stop_at_layer is None
+        if wants_loss and self.cfg.d_vocab_out != self.cfg.d_vocab:
+            raise ValueError(f"return_type={return_type!r} is the next-token loss, which needs d_vocab_out == d_vocab "
+                             f"(here {self.cfg.d_vocab_out} != {self.cfg.d_vocab}): take the logits and score them "
+                             "with the task's loss (grokmath.losses.loss_fn at task.pred_pos)")
+        if positions is not None and (stop_at_layer is not None or wants_loss):
+            raise ValueError("positions= selects which logits to compute: it does not combine with "
+                             "stop_at_layer or a next-token loss; leave it out")
+        if start_at_layer is None:
+            tokens = self._checked_tokens(input)
+            resid = self.hook_embed(self.embed(tokens))  # [batch, pos, d_model]
+            if self.cfg.positional != "none":
+                resid = resid + self.hook_pos_embed(self.pos_embed(tokens))
+        else:
+            resid = self._checked_resid(input, start_at_layer)
+            if wants_loss:
+                if tokens is None:
+                    raise ValueError("a loss with start_at_layer needs the tokens: pass tokens=[batch, pos] ids")
+                tokens = self._checked_tokens(tokens)
+        if positions is not None:
+            positions = torch.as_tensor(positions, device=resid.device)
+        last = self.cfg.n_layers - 1
+        blocks = list(enumerate(self.blocks))[start_at_layer:stop_at_layer]
+        for layer, block in blocks:
+            resid = block(resid, positions if layer == last else None)
+        if stop_at_layer is not None:
+            return resid  # [batch, pos, d_model]
+        if positions is not None and not blocks:
+            resid = resid[:, positions]
+        resid = self.ln_final(resid)
+        if return_type is None:
+            return None
+        logits = self.unembed(resid)  # [batch, pos, d_vocab_out]
+        if return_type == "logits":
+            return logits
+        loss = self.loss_fn(logits, tokens, per_token=loss_per_token)
+        return loss if return_type == "loss" else Output(logits, loss)
+
+    def loss_fn(self, logits: torch.Tensor, tokens: torch.Tensor, per_token: bool = False) -> torch.Tensor:
+        """TransformerLens's next-token loss: -log p(tokens[:, t+1]) from logits[:, t], averaged over
+        batch and positions (per_token: [batch, pos-1])."""
+        log_probs = logits.log_softmax(dim=-1)[:, :-1]  # [batch, pos-1, d_vocab]
+        nll = -log_probs.gather(-1, tokens[:, 1:, None].to(logits.device))[..., 0]  # [batch, pos-1]
+        return nll if per_token else nll.mean()
+
+    def _checked_tokens(self, tokens) -> torch.Tensor:
+        if not isinstance(tokens, torch.Tensor):
+            tokens = torch.as_tensor(tokens)
+        if tokens.is_floating_point() or tokens.is_complex() or tokens.dtype == torch.bool:
+            raise TypeError(f"tokens of dtype {tokens.dtype} and shape {tuple(tokens.shape)}: token ids must be "
+                            "integers (to start from a residual stream, pass start_at_layer=)")
         if tokens.dim() == 1:
             tokens = tokens[None]
+        if tokens.dim() != 2:
+            raise ValueError(f"tokens of shape {tuple(tokens.shape)}: pass [batch, pos] (or [pos]) token ids")
         if tokens.shape[-1] > self.cfg.n_ctx:
             raise ValueError(f"sequence of {tokens.shape[-1]} tokens is longer than n_ctx={self.cfg.n_ctx}: "
                              "shorten it or build the model with a larger n_ctx")
-        resid = self.hook_embed(self.embed(tokens))  # [batch, pos, d_model]
-        if self.cfg.positional != "none":
-            resid = resid + self.hook_pos_embed(self.pos_embed(tokens))
-        if positions is not None:
-            positions = torch.as_tensor(positions, device=tokens.device)
-        last = len(self.blocks) - 1
-        for layer, block in enumerate(self.blocks):
-            resid = block(resid, positions if layer == last else None)
-        resid = self.ln_final(resid)
-        logits = resid @ self.unembed.W_U  # [batch, pos, d_vocab_out]
-        return logits + self.unembed.b_U if self.cfg.unembed_bias else logits
+        if tokens.numel() and not torch._C._are_functorch_transforms_active():
+            lo, hi = tokens.aminmax()
+            in_range = (lo >= 0) & (hi < self.cfg.d_vocab)
+            if tokens.device.type == "cuda":  # no host sync: a device-side assert instead of a silent wrap
+                torch._assert_async(in_range, f"a token id is outside [0, d_vocab={self.cfg.d_vocab})")
+            elif not in_range:  # W_E[-1] would silently read the last row
+                bad = int(lo) if lo < 0 else int(hi)
+                raise ValueError(f"token id {bad} is outside [0, d_vocab={self.cfg.d_vocab}): "
+                                 "give ids the model's vocabulary has")
+        return tokens
+
+    def _checked_resid(self, resid, start_at_layer: int) -> torch.Tensor:
+        if not (isinstance(resid, torch.Tensor) and resid.is_floating_point() and resid.dim() == 3
+                and resid.shape[-1] == self.cfg.d_model):
+            shape = tuple(resid.shape) if isinstance(resid, torch.Tensor) else type(resid).__name__
+            raise ValueError(f"start_at_layer={start_at_layer} needs the residual stream [batch, pos, "
+                             f"d_model={self.cfg.d_model}] as input, not {shape}")
+        if resid.shape[1] > self.cfg.n_ctx:
+            raise ValueError(f"residual stream of {resid.shape[1]} positions is longer than n_ctx={self.cfg.n_ctx}")
+        return resid
+
+    # TransformerLens's switches for the optional hook points (all off by default)
+    def set_use_attn_result(self, use_attn_result: bool):
+        """Compute each head's output [batch, pos, head, d_model] at attn.hook_result (n_heads x
+        the memory of hook_attn_out)."""
+        self.use_attn_result = _flag(use_attn_result, "use_attn_result")
+        for block in self.blocks:
+            block.attn.use_attn_result = use_attn_result
+
+    def set_use_attn_in(self, use_attn_in: bool):
+        """Give each head its own copy of the attention input, at blocks.L.hook_attn_in."""
+        self.use_attn_in = _flag(use_attn_in, "use_attn_in")
+        for block in self.blocks:
+            block.use_attn_in = use_attn_in
+
+    def set_use_split_qkv_input(self, use_split_qkv_input: bool):
+        """Give each head separate query, key and value inputs, at blocks.L.hook_q_input / hook_k_input /
+        hook_v_input [batch, pos, head, d_model]."""
+        self.use_split_qkv_input = _flag(use_split_qkv_input, "use_split_qkv_input")
+        for block in self.blocks:
+            block.use_split_qkv_input = use_split_qkv_input
+
+    def set_use_hook_mlp_in(self, use_hook_mlp_in: bool):
+        """Expose the MLP's input (a copy of hook_resid_mid) at blocks.L.hook_mlp_in."""
+        if self.cfg.attn_only and use_hook_mlp_in:
+            raise ValueError("this model is attention-only: it has no MLP input to hook")
+        self.use_hook_mlp_in = _flag(use_hook_mlp_in, "use_hook_mlp_in")
+        for block in self.blocks:
+            block.use_hook_mlp_in = use_hook_mlp_in
+
+
+def _flag(value, name: str) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be True or False, not {value!r}")
+    return value

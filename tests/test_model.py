@@ -141,3 +141,80 @@ def test_too_long_input_is_refused():
     model = Transformer(small_cfg())
     with pytest.raises(ValueError, match="n_ctx"):
         model(torch.zeros(1, 19, dtype=torch.long))
+
+
+# TransformerLens's forward: return types, stop_at_layer, start_at_layer ------------------------
+
+def lm_model():
+    """A model whose output vocabulary is its input one, so the next-token loss applies."""
+    return Transformer(small_cfg(d_vocab_out=12, normalization="LN", attn_bias=True, unembed_bias=True))
+
+
+def test_return_types_and_next_token_loss():
+    model = lm_model()
+    tokens = torch.randint(0, 12, (4, 18), generator=torch.Generator().manual_seed(0))
+    logits = model(tokens)
+    # independent truth: cross entropy of position t's logits against token t+1
+    expected = F.cross_entropy(logits[:, :-1].reshape(-1, 12), tokens[:, 1:].reshape(-1), reduction="none")
+    torch.testing.assert_close(model(tokens, return_type="loss"), expected.mean())
+    per_token = model(tokens, return_type="loss", loss_per_token=True)
+    assert per_token.shape == (4, 17)
+    torch.testing.assert_close(per_token, expected.view(4, 17))
+    both = model(tokens, return_type="both")
+    torch.testing.assert_close(both.logits, logits)
+    torch.testing.assert_close(both.loss, expected.mean())
+    assert model(tokens, return_type=None) is None
+    with pytest.raises(ValueError, match="return_type"):
+        model(tokens, return_type="probs")
+
+
+def test_loss_refused_when_the_output_vocabulary_differs():
+    model = Transformer(small_cfg())  # d_vocab 12, d_vocab_out 10: a task's answer vocabulary
+    tokens = torch.randint(0, 12, (2, 18), generator=torch.Generator().manual_seed(0))
+    for return_type in ("loss", "both"):
+        with pytest.raises(ValueError, match="d_vocab_out == d_vocab") as err:
+            model(tokens, return_type=return_type)
+        assert "\n" not in str(err.value) and "grokmath.losses" in str(err.value)
+
+
+@pytest.mark.parametrize("kw", [dict(normalization="LN"), dict(attn_only=True, n_layers=3)])
+def test_stop_and_start_at_layer(kw):
+    model = Transformer(small_cfg(**kw))
+    n = model.cfg.n_layers
+    tokens = torch.randint(0, 12, (3, 18), generator=torch.Generator().manual_seed(1))
+    logits, cache = model.run_with_cache(tokens)
+    embedded = model.embed.W_E[tokens] + model.pos_embed.W_pos  # independent: embedding by hand
+    torch.testing.assert_close(model(tokens, stop_at_layer=0), embedded)
+    for layer in range(n):
+        resid_pre = cache[f"blocks.{layer}.hook_resid_pre"]
+        torch.testing.assert_close(model(tokens, stop_at_layer=layer), resid_pre)
+        torch.testing.assert_close(model(tokens, stop_at_layer=layer - n), resid_pre)  # negative, as a slice
+        # starting from the residual stream reproduces the rest of the forward
+        torch.testing.assert_close(model(resid_pre, start_at_layer=layer), logits, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(model(resid_pre, start_at_layer=layer - n), logits, atol=1e-5, rtol=1e-5)
+        if layer + 1 < n:
+            torch.testing.assert_close(model(resid_pre, start_at_layer=layer, stop_at_layer=layer + 1),
+                                       cache[f"blocks.{layer + 1}.hook_resid_pre"], atol=1e-5, rtol=1e-5)
+    final = cache[f"blocks.{n - 1}.hook_resid_post"]
+    torch.testing.assert_close(model(tokens, stop_at_layer=n), final)
+    torch.testing.assert_close(model(final, start_at_layer=n), logits, atol=1e-5, rtol=1e-5)
+    # positions still pick the logits when starting part way
+    pos = torch.tensor([3, 17])
+    torch.testing.assert_close(model(cache["blocks.1.hook_resid_pre"], start_at_layer=1, positions=pos),
+                               logits[:, pos], atol=1e-5, rtol=1e-5)
+
+
+def test_start_at_layer_loss_needs_tokens_and_bad_inputs_are_named():
+    model = lm_model()
+    tokens = torch.randint(0, 12, (2, 18), generator=torch.Generator().manual_seed(0))
+    resid = model(tokens, stop_at_layer=1)
+    with pytest.raises(ValueError, match="tokens="):
+        model(resid, start_at_layer=1, return_type="loss")
+    torch.testing.assert_close(model(resid, start_at_layer=1, return_type="loss", tokens=tokens),
+                               model(tokens, return_type="loss"), atol=1e-6, rtol=1e-6)
+    with pytest.raises(ValueError, match="residual stream"):
+        model(tokens, start_at_layer=1)
+    with pytest.raises(TypeError, match="start_at_layer"):
+        model(resid)
+    with pytest.raises(ValueError, match="positions"):
+        model(tokens, stop_at_layer=1, positions=torch.tensor([3]))
