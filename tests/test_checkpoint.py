@@ -10,7 +10,8 @@ from grokmath.checkpoint import (CheckpointError, RunDir, atomic_torch_save, ato
                                  load_state_dict_checked, safe_load)
 from grokmath.model import Transformer
 from grokmath.tasks import make_task
-from grokmath.train import TrainConfig, model_config_for, start_run
+from grokmath.config import TrainConfig, model_config_for
+from grokmath.run import start_run
 
 
 @pytest.fixture(scope="module")

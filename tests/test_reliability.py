@@ -15,7 +15,9 @@ from grokmath import cli
 from grokmath.checkpoint import CheckpointError, RunDir, load_run, safe_load
 from grokmath.model import Transformer
 from grokmath.tasks import make_task
-from grokmath.train import TrainConfig, TrainingInterrupted, model_config_for, resume_run, start_run, train
+from grokmath.config import TrainConfig, model_config_for
+from grokmath.run import resume_run, start_run
+from grokmath.train import NonFiniteLoss, TrainingInterrupted, train
 
 from script_helpers import load_script
 
@@ -190,8 +192,6 @@ def test_checkpoint_with_pickled_code_is_refused_not_run(tmp_path):
 
 
 def test_nonfinite_run_keeps_its_last_good_checkpoint(tmp_path):
-    from grokmath.train import NonFiniteLoss
-
     task, model_cfg, cfg = small_setup()
     run = RunDir(tmp_path / "r")
     run.create({"model": model_cfg.to_dict(), "task": {"name": "addition", "n_digits": 2}, "train": cfg.to_dict()})
