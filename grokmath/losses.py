@@ -99,10 +99,12 @@ def case_sums(nll: torch.Tensor, case_masks: torch.Tensor, mask: torch.Tensor | 
     return total, scored.sum(dim=1)
 
 
-def case_losses(nll: torch.Tensor, case_masks: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-    """Mean nll over each case: nll [batch, n_pred], case_masks [n_cases, batch, n_pred] bool -> [n_cases].
+def case_losses(nll: torch.Tensor, case_masks: torch.Tensor, mask: torch.Tensor | None = None,
+                per_position: bool = False) -> torch.Tensor:
+    """Mean nll over each case: nll [batch, n_pred], case_masks [n_cases, batch, n_pred] bool -> [n_cases]
+    (per_position: [n_cases, n_pred], each case at each scored position).
 
     A case with no scored entries in this batch gives NaN (0/0), so no host sync is needed.
     """
-    total, count = case_sums(nll, case_masks, mask)
-    return total.sum(1) / count.sum(1)
+    total, count = case_sums(nll, case_masks, mask)  # each [n_cases, n_pred]
+    return total / count if per_position else total.sum(1) / count.sum(1)

@@ -10,7 +10,7 @@ import pandas as pd
 import torch
 
 from .config import TrainConfig
-from .losses import case_sums, correct, masked_mean, per_position_loss
+from .losses import case_losses, correct, masked_mean, per_position_loss
 
 
 def metric_columns(task, has_test: bool, case_names: list[str]) -> list[str]:
@@ -94,10 +94,9 @@ def metric_row(loss, nll, logits, batch, cases, test_sums, has_test: bool, n_pre
     parts += [per_position_loss(nll, mask)]  # [n_pred]
     parts += [test_per_pos] if has_test else []
     if cases is not None:
-        case_nll, case_count = case_sums(nll, cases, mask)  # each [n_cases, n_pred]
-        parts.append(case_nll.sum(1) / case_count.sum(1))  # [n_cases], NaN where a case is absent
+        parts.append(case_losses(nll, cases, mask))  # [n_cases], NaN where a case is absent
         if n_pred > 1:
-            parts.append((case_nll / case_count).flatten())  # [n_cases * n_pred]
+            parts.append(case_losses(nll, cases, mask, per_position=True).flatten())  # [n_cases * n_pred]
     return torch.cat(parts)
 
 

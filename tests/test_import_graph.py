@@ -34,3 +34,12 @@ def test_the_tool_finds_circles_open_and_hidden(tmp_path):
     graph, inner = graph_tool.import_graph("pkg", tmp_path)
     assert graph_tool.cycles(graph) == graph_tool.hidden_cycles(graph, inner) == []
     assert graph_tool.main(["--package", "pkg", "--root", str(tmp_path), "--quiet"]) == 0
+
+
+def test_the_readme_layout_names_every_module():
+    readme = (graph_tool.ROOT / "README.md").read_text()
+    layout = readme[readme.index("## Layout"):]
+    layout = layout[:layout.index("```", layout.index("```") + 3)]
+    files = [p for p in (graph_tool.ROOT / "grokmath").rglob("*.py") if p.name != "__init__.py"]
+    missing = [str(p.relative_to(graph_tool.ROOT)) for p in files if p.stem not in layout]
+    assert not missing, f"README's Layout section does not name {missing}"
