@@ -262,12 +262,13 @@ class RunDir:
         if not path.is_file():
             return None
         try:
-            group = json.loads(path.read_text())
-            names = group["runs"]
-            assert isinstance(names, list) and all(isinstance(n, str) and Path(n).name == n for n in names)
-        except (json.JSONDecodeError, KeyError, TypeError, AssertionError):
+            names = json.loads(path.read_text()).get("runs")
+        except (json.JSONDecodeError, AttributeError):
+            names = None
+        if not (isinstance(names, list) and names and all(isinstance(n, str) and n.strip() and Path(n).name == n
+                                                          for n in names)):
             raise ValueError(f"{path} is damaged: it should list the group's run folders as "
-                             '{"runs": ["name_s1", "name_s2"], ...}; restore it') from None
+                             '{"runs": ["name_s1", "name_s2"], ...}; restore it')
         return [self.path.parent / name for name in names]
 
 

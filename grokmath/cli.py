@@ -232,6 +232,8 @@ def run_training(args, task_options: dict, data: str | None = None, n_train: int
     resolve_device(args.device)  # a bad --device fails before anything is written
     progress, plots = not args.no_progress, not args.no_plots
     world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and (args.resume is not None or args.seeds):
+        raise ValueError("--resume and --seeds run in one process: leave out torchrun")
     if args.resume is not None:
         check_resume_flags(args, task_options, data, n_train, run_name, insert)
         for result in run.resume_runs(args.resume, args.device, args.steps if "steps" in args.given else None,

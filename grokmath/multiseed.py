@@ -18,6 +18,7 @@ from dataclasses import replace
 import torch
 from torch.func import functional_call, stack_module_state, vmap
 
+from .checkpoint import load_state_dict_checked
 from .config import ModelConfig
 from .model import Attention, Transformer
 
@@ -66,6 +67,8 @@ class StackedModels:
 
     @torch.no_grad()
     def load_model_states(self, states: list[dict]) -> None:
+        for model, state in zip(self.models, states):  # each checked against its model, naming any misfit
+            load_state_dict_checked(model, state, "resumable checkpoint")
         for name, tensor in self.params.items():
             tensor.copy_(torch.stack([state[name] for state in states]))
 

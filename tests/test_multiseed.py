@@ -17,7 +17,7 @@ import torch
 from grokmath import Transformer, cli
 from grokmath.checkpoint import RunDir, prepare_runs, run_config
 from grokmath.config import TrainConfig, model_config_for
-from grokmath.run import resume_runs, start_run, start_seed_runs
+from grokmath.run import resume_runs, start_seed_runs
 from grokmath.tasks import make_task
 from grokmath.multiseed import StackedModels
 from grokmath.train import NonFiniteLoss, TrainingInterrupted, run_loop, train, train_seeds
@@ -167,6 +167,9 @@ def test_group_errors_say_what_to_do(tmp_path, capsys):
     (dirs[0] / "group.json").unlink()  # each member is a single run: it resumes alone
     (result,) = resume_runs(dirs[0], device="cpu", steps=10, progress=False, plots=False)
     assert len(result.metrics) == 10
+    (dirs[0] / "group.json").write_text('{"runs": "g_s1"}')
+    with pytest.raises(ValueError, match="group.json is damaged: it should list"):
+        resume_runs(dirs[0], device="cpu", steps=12, progress=False, plots=False)
     # what stacking cannot do is refused before anything is written
     for argv, fragment in ((["--seeds", "3", "3"], "repeat"), (["--seeds", "3", "4", "--skip-nonfinite"], "single runs")):
         with pytest.raises(SystemExit):
