@@ -41,5 +41,5 @@ def test_the_readme_layout_names_every_module():
     layout = readme[readme.index("## Layout"):]
     layout = layout[:layout.index("```", layout.index("```") + 3)]
     files = [p for p in (graph_tool.ROOT / "grokmath").rglob("*.py") if p.name != "__init__.py"]
-    missing = [str(p.relative_to(graph_tool.ROOT)) for p in files if p.stem not in layout]
+    missing = [str(p.relative_to(graph_tool.ROOT)) for p in files if p.name not in layout]
     assert not missing, f"README's Layout section does not name {missing}"
