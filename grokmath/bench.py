@@ -1,6 +1,6 @@
 """The benchmark behind scripts/bench.py: our training loop against a straightforward one.
 
-For a task's seed set-up it times, interleaved in one process so that both see the same
+For a task's seed set-up (grokmath/experiments.py, as the training scripts use it) it times, interleaved in one process so that both see the same
 machine state:
 - steps per second of the real training loop (`grokmath.train.train`, no run folder) against a
   seed-notebook-style loop over `PlainTransformer` (full sequence, separate Q/K/V einsums, a
@@ -21,30 +21,20 @@ from dataclasses import replace
 import torch
 
 from .baseline import PlainTransformer
-from .gallery import EXPERIMENTS, experiment_configs
+from .config import TrainConfig
+from .experiments import EXPERIMENTS, experiment_configs
 from .hooks import hook_points_bypassed
 from .losses import masked_mean, pred_log_probs
 from .model import Transformer
-from .tasks import make_task
-from .train import TrainConfig, make_optimizer, model_config_for, train
+from .train import make_optimizer, train, train_seeds
 
-
-ARITHMETIC = dict(task_options={"n_digits": 6, "ops": {"sub": 80, "add": 20}},
-                  model=dict(n_layers=2, d_model=510, n_heads=3, d_head=170, normalization="LN", attn_bias=True),
-                  train=dict(batch_size=64, lr=8e-5, weight_decay=0.1, schedule="cosine"),
-                  quick_model=dict(d_model=60, d_head=20))
-TASKS = (*EXPERIMENTS, "arithmetic")
+TASKS = tuple(EXPERIMENTS)
 
 
 def build(name: str, quick: bool = False, steps: int = 20):
-    """(task, ModelConfig, TrainConfig) of a seed set-up (the gallery's, plus signed arithmetic);
-    quick: the gallery's small versions. No checkpoints: nothing is written."""
-    if name == "arithmetic":
-        task = make_task("arithmetic", **ARITHMETIC["task_options"])
-        model = {**ARITHMETIC["model"], **(ARITHMETIC["quick_model"] if quick else {})}
-        model_cfg, train_cfg = model_config_for(task, **model, seed=0), TrainConfig(**ARITHMETIC["train"])
-    else:
-        task, model_cfg, train_cfg = experiment_configs(name, "quick" if quick else "full")
+    """(task, ModelConfig, TrainConfig) of a seed set-up (grokmath/experiments.py); quick: its quick
+    scale. `steps` steps, no checkpoints: nothing is written."""
+    task, model_cfg, train_cfg = experiment_configs(name, "quick" if quick else "full")
     return task, model_cfg, replace(train_cfg, steps=steps, checkpoint_every=10**8)
 
 
@@ -196,8 +186,6 @@ def check_same_losses(name: str, quick: bool = True, steps: int = 5, device="cpu
 
 def bench_seeds(name: str, n_seeds: int = 8, steps: int = 200, quick: bool = False, device="cpu", log=print) -> dict:
     """Seconds per model of training n_seeds models stacked in one process against one alone."""
-    from .multiseed import train_seeds
-
     device = torch.device(device)
     task, model_cfg, cfg = build(name, quick, steps)
     seeds = list(range(1, n_seeds + 1))

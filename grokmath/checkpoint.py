@@ -1,12 +1,19 @@
 """Run folders: saving and loading what a training run leaves behind.
 
 A run folder `runs/<run-name>/` holds
-- `config.json`: {"model": ModelConfig dict, "task": {"name": ..., **options}, "train": TrainConfig dict};
+- `config.json`: {"model": ModelConfig dict, "task": {"name": ..., **options}, "train": TrainConfig dict}
+  (`run_config`), plus "insert" for a run started from a smaller one (grokmath.insert);
 - `metrics.csv`: one row per step (see grokmath.train), read with `pandas.read_csv` in one call;
 - `checkpoints/model_{step:06d}.pt`: the model's state dict at step 0 and every N steps and at the end;
 - `checkpoints/state_{step:06d}.pt`: everything needed to resume (model, optimizer, scheduler, data
   generator, RNG, metrics position); the newest two are kept, so a damaged newest one falls back;
-- PNG plots and `summary.json`.
+- PNG plots and `summary.json`;
+- `group.json`, only in the runs of one `--seeds` group (trained stacked in one process):
+  {"format": 1, "runs": [the group's folder names, siblings of this one], "seeds": [...]}. Each
+  run folder of a group is otherwise exactly a single run's, and `--resume` on any of them
+  resumes the whole group from the newest step all of them have (see grokmath.run).
+`prepare_runs` is the one place run folders are made and replaced: every check runs before
+anything is removed. `refuse_existing` is the one "exists: pass --overwrite" check of every script.
 Every file is written to a temporary name and renamed into place, so a crash mid-write leaves the
 previous good file. Every load is `torch.load(..., weights_only=True)`: a file that carries
 pickled code is refused, never executed. `load_run(run_dir)` rebuilds config, metrics and model.
@@ -26,7 +33,12 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from .config import ModelConfig, TrainConfig
+from .model import Transformer
+from .tasks import make_task
+
 CONFIG = "config.json"
+GROUP = "group.json"
 METRICS = "metrics.csv"
 SUMMARY = "summary.json"
 CHECKPOINTS = "checkpoints"
@@ -78,6 +90,13 @@ def atomic_write_text(path, text: str) -> None:
 
 def atomic_write_json(path, obj) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2) + "\n")
+
+
+def refuse_existing(paths, overwrite: bool, fix: str = "pass --overwrite to replace it") -> None:
+    """The one check before writing outputs: an existing path is an error (saying `fix`) unless overwrite."""
+    for path in [paths] if isinstance(paths, (str, Path)) else paths:
+        if Path(path).exists() and not overwrite:
+            raise ValueError(f"{path} already exists: {fix}")
 
 
 # ---- safe loading --------------------------------------------------------------------------
@@ -174,17 +193,19 @@ class RunDir:
             raise ValueError(f"{self.path} is not a grokmath run folder (no {CONFIG}): "
                              "give a folder made by scripts/train_*.py")
 
+    def check_replaceable(self, overwrite: bool) -> bool:
+        """Whether the folder holds something to replace; raises unless it may be (a run, with overwrite)."""
+        if not self.path.exists() or (self.path.is_dir() and not any(self.path.iterdir())):
+            return False
+        if not self.is_run():
+            raise ValueError(f"{self.path} exists and is not a grokmath run folder: choose another --run-name or --out")
+        refuse_existing(self.path, overwrite, "pass --overwrite to replace it, --run-name to choose another name, "
+                        f"or --resume {self.path} to continue it")
+        return True
+
     def create(self, config: dict, overwrite: bool = False) -> None:
         """Make the folder and write config.json; an existing run is replaced only with overwrite."""
-        if self.path.exists() and (not self.path.is_dir() or any(self.path.iterdir())):
-            if not self.is_run():
-                raise ValueError(f"{self.path} exists and is not a grokmath run folder: choose another --run-name or --out")
-            if not overwrite:
-                raise ValueError(f"run folder {self.path} already exists: pass --overwrite to replace it, "
-                                 f"--run-name to choose another name, or --resume {self.path} to continue it")
-            shutil.rmtree(self.path)
-        self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(self.config_path, config)
+        prepare_runs([self.path], [config], overwrite)
 
     def read_config(self) -> dict:
         self.check_is_run()
@@ -211,7 +232,10 @@ class RunDir:
 
     # checkpoints -------------------------------------------------------------------------
     def save_model(self, step: int, model: torch.nn.Module) -> None:
-        atomic_torch_save(_cpu(model.state_dict()), self.model_path(step))
+        self.save_model_state(step, _cpu(model.state_dict()))
+
+    def save_model_state(self, step: int, state_dict: dict) -> None:
+        atomic_torch_save(state_dict, self.model_path(step))
 
     def load_model_state(self, step: int) -> dict:
         return safe_load(self.model_path(step))
@@ -222,25 +246,76 @@ class RunDir:
         for old in self.state_steps()[:-KEEP_STATES]:
             self.state_path(old).unlink(missing_ok=True)
 
+    def load_state(self, step: int) -> dict:
+        state = safe_load(self.state_path(step))
+        if not (isinstance(state, dict) and state.get("step") == step):
+            raise CheckpointError(f"checkpoint {self.state_path(step)} is not a grokmath training state")
+        return state
+
     def load_latest_state(self, warn=print) -> dict:
         """The newest resumable state that loads; a damaged one is reported and the previous used."""
-        steps = self.state_steps()
-        if not steps:
-            raise ValueError(f"{self.path} has no resumable checkpoint (checkpoints/state_*.pt): it cannot be resumed; "
-                             "start it again with --overwrite")
-        errors = []
-        for step in reversed(steps):
-            try:
-                state = safe_load(self.state_path(step))
-                if not (isinstance(state, dict) and state.get("step") == step):
-                    raise CheckpointError(f"checkpoint {self.state_path(step)} is not a grokmath training state")
-                return state
-            except CheckpointError as e:
-                if "refusing" in str(e):
-                    raise
-                errors.append(str(e))
-                warn(f"warning: {e}; trying the previous one")
-        raise CheckpointError(f"no usable resumable checkpoint in {self.checkpoint_dir}: {'; '.join(errors)}")
+        return load_latest_states([self], warn)[0]
+
+    def read_group(self) -> list[Path] | None:
+        """The run folders of this run's --seeds group (this one included), or None for a single run."""
+        path = self.path / GROUP
+        if not path.is_file():
+            return None
+        try:
+            names = json.loads(path.read_text()).get("runs")
+        except (json.JSONDecodeError, AttributeError):
+            names = None
+        if not (isinstance(names, list) and names and all(isinstance(n, str) and n.strip() and Path(n).name == n
+                                                          for n in names)):
+            raise ValueError(f"{path} is damaged: it should list the group's run folders as "
+                             '{"runs": ["name_s1", "name_s2"], ...}; restore it')
+        return [self.path.parent / name for name in names]
+
+
+def load_latest_states(runs: list[RunDir], warn=print) -> list[dict]:
+    """The resumable states of the newest step every run has and can load (a damaged one is
+    reported and the step before used), one per run, in order."""
+    steps = sorted(set.intersection(*(set(run.state_steps()) for run in runs)))
+    if not steps:
+        names = ", ".join(str(run.path) for run in runs)
+        common = " at a step common to the group" if len(runs) > 1 else ""
+        raise ValueError(f"{names} has no resumable checkpoint (checkpoints/state_*.pt){common}: it cannot be "
+                         "resumed; start it again with --overwrite")
+    errors = []
+    for step in reversed(steps):
+        try:
+            return [run.load_state(step) for run in runs]
+        except CheckpointError as e:
+            if "refusing" in str(e):
+                raise
+            errors.append(str(e))
+            warn(f"warning: {e}; trying the previous one")
+    where = ", ".join(str(run.checkpoint_dir) for run in runs)
+    raise CheckpointError(f"no usable resumable checkpoint in {where}: {'; '.join(errors)}")
+
+
+def prepare_runs(paths: list, configs: list[dict], overwrite: bool = False) -> list[RunDir]:
+    """Make the run folders (config.json each; group.json in each when there are several: one
+    --seeds group). Every check runs before anything is removed; an existing run folder is replaced
+    only with overwrite, any other existing folder never."""
+    runs = [RunDir(p) for p in paths]
+    replace = [run.check_replaceable(overwrite) for run in runs]
+    for run, old in zip(runs, replace):
+        if old:
+            shutil.rmtree(run.path)
+    for run, config in zip(runs, configs):
+        run.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(run.config_path, config)
+        if len(runs) > 1:
+            atomic_write_json(run.path / GROUP, {"format": 1, "runs": [r.path.name for r in runs],
+                                                 "seeds": [c["train"]["seed"] for c in configs]})
+    return runs
+
+
+def run_config(model_cfg: ModelConfig, task, train_cfg: TrainConfig) -> dict:
+    """The config.json of a run."""
+    return {"model": model_cfg.to_dict(), "task": {"name": task.name, **task.options()},
+            "train": train_cfg.to_dict()}
 
 
 def _cpu(state_dict: dict) -> dict:
@@ -254,9 +329,9 @@ class Run:
     """A finished (or stopped) run: its configs, metrics, task and a model at `step`."""
     path: Path
     config: dict
-    model_cfg: object  # ModelConfig
-    train_cfg: object  # TrainConfig
-    task: object  # Task
+    model_cfg: ModelConfig
+    train_cfg: TrainConfig
+    task: object  # a grokmath.tasks Task
     metrics: pd.DataFrame
     model: torch.nn.Module | None
     step: int | None
@@ -268,8 +343,6 @@ class Run:
 
 
 def _load_model(run: RunDir, model_cfg, step, device):
-    from grokmath.model import Transformer
-
     steps = run.model_steps()
     if not steps:
         raise ValueError(f"{run.path} has no model checkpoints (checkpoints/model_*.pt)")
@@ -285,10 +358,6 @@ def _load_model(run: RunDir, model_cfg, step, device):
 
 def load_run(run_dir, step: int | None = None, device="cpu", load_model: bool = True) -> Run:
     """Config, metrics, task and (unless load_model=False) the model at `step` (default newest)."""
-    from grokmath.config import ModelConfig
-    from grokmath.tasks import make_task
-    from grokmath.train import TrainConfig
-
     run = RunDir(run_dir)
     config = run.read_config()
     model_cfg = ModelConfig.from_dict(config["model"])

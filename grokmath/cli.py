@@ -1,20 +1,33 @@
-"""The command-line edge shared by every script: flags, defaults, and one-line errors.
+"""The command-line edge shared by every script: flags, their types, and one-line errors.
 
-`training_parser(doc, defaults)` makes an argparse parser with the flags every training script
+`training_parser(doc, experiment)` makes an argparse parser with the flags every training script
 has (--steps --seed --device --run-name --out --checkpoint-every --batch-size --lr
---weight-decay --d-model --n-layers --n-heads --overwrite --grokfast --resume ...); a script adds
-its task's own flags, then calls `run_training(...)`. `main_guard(main)` is the error edge: a
-mistake a user can make (ValueError, a bad file) becomes one line on stderr and exit status 2,
-never a traceback; an interrupted run says how to resume it. Set GROKMATH_DEBUG=1 for tracebacks.
+--weight-decay --d-model --n-layers --n-heads --overwrite --grokfast --resume --seeds ...), their
+defaults and --help taken from grokmath/experiments.py; a script adds its task's own flags, then
+calls `run_training(args, task_options)`, which turns the flags into configs and hands them to
+grokmath.run (the orchestration lives there, not here). `--resume RUN_DIR` accepts the other flags
+when they equal the run's saved settings (re-type the command you ran and add --resume) and names
+the ones that differ. `main_guard(main)` is the error edge: a mistake a user can make
+(ValueError, a bad file) becomes one line on stderr and exit status 2, never a traceback; an
+interrupted run says how to resume it. Set GROKMATH_DEBUG=1 for tracebacks.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import signal
 import sys
+from dataclasses import fields
 from pathlib import Path
+
+from . import experiments, run
+from .checkpoint import RunDir
+from .config import TrainConfig, is_whole, model_config_for
+from .metrics import phase_change_steps
+from .tasks import make_task
+from .train import NonFiniteLoss, TrainingInterrupted, resolve_device
 
 EXIT_USAGE = 2
 
@@ -30,22 +43,21 @@ class ArgumentParser(argparse.ArgumentParser):
 
 # ---- value types: each refuses a bad value with a message saying what to give -------------------
 
-def _whole_number(text: str, low: int) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < low:
-        raise argparse.ArgumentTypeError(f"{text} must be a whole number >= {low}")
-    return value
+def whole_number(low: int):
+    """The argparse type of a whole number >= low (the one whole-number check: config.is_whole)."""
+    def parse_whole(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if not is_whole(value, low):
+            raise argparse.ArgumentTypeError(f"{text} must be a whole number >= {low}")
+        return value
+    return parse_whole
 
 
-def positive_int(text: str) -> int:
-    return _whole_number(text, 1)
-
-
-def nonneg_int(text: str) -> int:
-    return _whole_number(text, 0)
+positive_int = whole_number(1)
+nonneg_int = whole_number(0)
 
 
 def _float(text: str) -> float:
@@ -93,9 +105,16 @@ def percentages(text: str) -> dict:
     return mix
 
 
+def shown(value) -> str:
+    """A default as --help shows it: a mix dict as sub=80,add=20."""
+    if isinstance(value, dict):
+        return ",".join(f"{k}={v:g}" for k, v in value.items())
+    return str(value)
+
+
 # ---- the shared flags ---------------------------------------------------------------------------
 
-# (flag, dest, type, help); the default comes from the script's DEFAULTS
+# (flag, dest, type, help); the default comes from the script's experiment (grokmath/experiments.py)
 SHARED_FLAGS = [
     ("--steps", "steps", positive_int, "training steps"),
     ("--seed", "seed", nonneg_int, "seed of the model initialisation and of the data"),
@@ -118,24 +137,31 @@ SHARED_FLAGS = [
 TRAIN_FIELDS = ("steps", "seed", "batch_size", "lr", "weight_decay", "warmup", "schedule", "checkpoint_every",
                 "test_every", "grokfast", "grokfast_alpha", "grokfast_lamb", "grokfast_window", "skip_nonfinite")
 MODEL_FIELDS = ("d_model", "n_layers", "n_heads", "d_head", "d_mlp")
-# TrainConfig's own defaults, shown in --help where a script does not set its own
-SHOWN_DEFAULTS = {"beta2": 0.98, "grokfast_alpha": 0.98, "grokfast_window": 100, "test_every": 1,
-                  "checkpoint_every": 100}
-# flags that may accompany --resume (everything else comes from the run's config.json)
+# flags that may accompany --resume with any value (the rest must equal the run's saved settings)
 RESUME_FLAGS = {"resume", "device", "steps", "no_progress", "no_plots"}
+SWITCHES = ("overwrite", "skip_nonfinite", "no_progress", "no_plots")
 
 
-def training_parser(doc: str, defaults: dict) -> ArgumentParser:
-    """A parser with the shared training flags; `defaults` (dest -> value) shows in --help."""
-    parser = ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.set_defaults(_defaults=defaults)
+def train_config_defaults() -> dict:
+    """TrainConfig's own defaults under flag names, shown in --help where an experiment sets none."""
+    defaults = {f.name: f.default for f in fields(TrainConfig)}
+    return {**defaults, "beta2": defaults["betas"][1]}
+
+
+def training_parser(doc: str, experiment: str) -> ArgumentParser:
+    """A parser with the shared training flags; their defaults (and --help) are the experiment's."""
+    defaults = experiments.flag_defaults(experiment)
+    parser = ArgumentParser(description=doc, epilog=experiments.describe(experiment),
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.set_defaults(_experiment=experiment)
+    fallback = train_config_defaults()
     for flag, dest, kind, text in SHARED_FLAGS:
-        shown = defaults.get(dest, SHOWN_DEFAULTS.get(dest))
-        suffix = f" (default: {shown})" if shown is not None and "default:" not in text else ""
+        value = defaults.get(dest, fallback.get(dest))
+        suffix = f" (default: {shown(value)})" if value is not None and "default:" not in text else ""
         parser.add_argument(flag, dest=dest, type=kind, default=None, help=text + suffix)
     parser.add_argument("--schedule", choices=("warmup", "cosine"), default=None,
                         help="'warmup': linear warm-up then constant; 'cosine': warm-up then cosine decay to 0 "
-                        f"(default: {defaults.get('schedule', 'warmup')})")
+                        f"(default: {defaults.get('schedule', fallback['schedule'])})")
     parser.add_argument("--device", default=None,
                         help="'cpu', 'cuda' or 'cuda:N' (default: cuda when available, else cpu)")
     parser.add_argument("--run-name", default=None, help="name of the run folder (default: from the settings, "
@@ -144,8 +170,9 @@ def training_parser(doc: str, defaults: dict) -> ArgumentParser:
     parser.add_argument("--overwrite", action="store_true", default=None,
                         help="replace an existing run folder of the same name")
     parser.add_argument("--resume", metavar="RUN_DIR", default=None,
-                        help="continue the run in RUN_DIR from its newest checkpoint (its settings come from "
-                        "RUN_DIR/config.json; --steps may extend it, --device may move it)")
+                        help="continue the run in RUN_DIR (or its whole --seeds group) from its newest checkpoint; "
+                        "its settings come from RUN_DIR/config.json, and other flags must equal them (--steps may "
+                        "extend it, --device may move it)")
     parser.add_argument("--seeds", type=nonneg_int, nargs="+", default=None, metavar="SEED",
                         help="train one model per seed at once, stacked in one process (one run folder each, "
                         "named ..._s<SEED>); fastest for small models on a GPU")
@@ -159,115 +186,152 @@ def training_parser(doc: str, defaults: dict) -> ArgumentParser:
 
 
 def parse(parser: ArgumentParser, argv=None) -> argparse.Namespace:
-    """Parse, note which flags were given (`args.given`), then fill in the script's defaults."""
+    """Parse; `args.given` names the flags given, every other flag takes the experiment's default."""
     args = parser.parse_args(argv)
-    defaults = args._defaults
-    del args._defaults
-    args.given = {k for k, v in vars(args).items() if v is not None}
-    for key, value in defaults.items():
+    args.given = {k for k, v in vars(args).items() if v is not None and not k.startswith("_")}
+    args.experiment = args._experiment
+    del args._experiment
+    for key, value in experiments.flag_defaults(args.experiment).items():
         if getattr(args, key, None) is None:
             setattr(args, key, value)
-    for flag in ("overwrite", "skip_nonfinite", "no_progress", "no_plots"):
+    for flag in SWITCHES:
         if getattr(args, flag) is None:
             setattr(args, flag, False)
     if args.out is None:
         args.out = "runs"
-    if args.resume is not None:
-        extra = sorted(args.given - RESUME_FLAGS - {"given"})
-        if extra:
-            flags = ", ".join("--" + k.replace("_", "-") for k in extra)
-            parser.error(f"{flags} cannot be combined with --resume: a resumed run keeps the settings in "
-                         "RUN_DIR/config.json (only --steps and --device may be given)")
     return args
 
 
-def run_training(args, task_name: str, task_options: dict, model_settings: dict, data: str = "infinite",
-                 n_train: int | None = None, n_test: int | None = None, run_name: str | None = None,
-                 insert: dict | None = None) -> None:
-    """Build task, model and training configs from parsed flags, create the run folder and train."""
-    from .tasks import make_task
-    from .train import TrainConfig, model_config_for, resolve_device, resume_run, start_run
+# ---- from flags to configs, then to grokmath.run -----------------------------------------------
 
-    resolve_device(args.device)  # a bad --device fails before anything is written
-    progress = not args.no_progress
-    if args.resume is not None:
-        from .checkpoint import RunDir
-
-        config = RunDir(args.resume).read_config()
-        if config["task"]["name"] != task_name:
-            raise ValueError(f"{args.resume} is a {config['task']['name']} run: resume it with "
-                             f"scripts/train_{config['task']['name']}.py")
-        result = resume_run(args.resume, args.device, args.steps if "steps" in args.given else None,
-                            progress=progress, plots=not args.no_plots, warn=_warn)
-        report(result)
-        return
-    if data == "finite" and "batch_size" not in args.given:
-        args.batch_size = None  # the notebooks train a fixed set full batch
-    task = make_task(task_name, **task_options)
-    model_cfg = model_config_for(task, **{k: getattr(args, k) for k in MODEL_FIELDS}, **model_settings,
-                                 seed=args.seed)
-    # unset flags keep TrainConfig's defaults; batch_size None (full batch) is meaningful
-    train_settings = {k: getattr(args, k) for k in TRAIN_FIELDS if getattr(args, k) is not None or k == "batch_size"}
+def training_configs(args, task_options: dict, data: str | None = None, n_train: int | None = None):
+    """(task, ModelConfig, TrainConfig) from parsed flags: the experiment's settings with the flags over
+    them. data/n_train: a script's own data regime (e.g. --finite N), else the experiment's."""
+    _, model_settings, train_settings, _ = experiments.settings(args.experiment)
+    task = make_task(experiments.EXPERIMENTS[args.experiment].task, **task_options)
+    model = {**model_settings, **{k: getattr(args, k) for k in MODEL_FIELDS if getattr(args, k) is not None}}
+    train = {**train_settings, **{k: getattr(args, k) for k in TRAIN_FIELDS if getattr(args, k) is not None}}
     if args.beta2 is not None:
-        train_settings["betas"] = (0.9, args.beta2)
-    train_cfg = TrainConfig(**train_settings, data=data, n_train=n_train, n_test=n_test)
-    run_dir = Path(args.out) / (args.run_name or run_name or f"{task_name}_s{args.seed}")
+        train["betas"] = (0.9, args.beta2)
+    if data is not None:
+        train.update(data=data, n_train=n_train)
+    if train.get("data") == "finite" and "batch_size" not in args.given:
+        train["batch_size"] = None  # the notebooks train a fixed set full batch
+    return task, model_config_for(task, **model, seed=args.seed), TrainConfig(**train)
+
+
+def run_dir_of(args, run_name: str) -> Path:
     if args.run_name is not None and (not args.run_name.strip() or Path(args.run_name).name != args.run_name):
         raise ValueError(f"--run-name {args.run_name!r} must be a plain folder name (no '/'); use --out for the parent")
-    args.run_dir = run_dir
-    if insert is not None and (args.seeds or int(os.environ.get("WORLD_SIZE", "1")) > 1):
-        raise ValueError("--insert-from trains one run in one process: leave out --seeds and torchrun")
-    if args.seeds:
-        from .multiseed import start_seed_runs
+    return Path(args.out) / (args.run_name or run_name)
 
-        base = run_dir.name.removesuffix(f"_s{args.seed}")
-        run_dirs = [run_dir.with_name(f"{base}_s{seed}") for seed in args.seeds]
-        results = start_seed_runs(model_cfg, task, train_cfg, args.seeds, run_dirs, overwrite=args.overwrite,
-                                  device=args.device, progress=progress, plots=not args.no_plots)
-        for result in results:
+
+def run_training(args, task_options: dict, data: str | None = None, n_train: int | None = None,
+                 run_name: str | None = None, insert: dict | None = None) -> None:
+    """Build task, model and training configs from parsed flags and train (or resume) through grokmath.run."""
+    resolve_device(args.device)  # a bad --device fails before anything is written
+    progress, plots = not args.no_progress, not args.no_plots
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and (args.resume is not None or args.seeds):
+        raise ValueError("--resume and --seeds run in one process: leave out torchrun")
+    if args.resume is not None:
+        check_resume_flags(args, task_options, data, n_train, run_name, insert)
+        for result in run.resume_runs(args.resume, args.device, args.steps if "steps" in args.given else None,
+                                      progress=progress, plots=plots, warn=_warn):
             report(result)
         return
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        _run_data_parallel(args, model_cfg, task, train_cfg, run_dir, progress)
+    task, model_cfg, train_cfg = training_configs(args, task_options, data, n_train)
+    run_dir = run_dir_of(args, run_name or f"{task.name}_s{args.seed}")
+    if insert is not None and (args.seeds or world > 1):
+        raise ValueError("--insert-from trains one run in one process: leave out --seeds and torchrun")
+    if args.seeds:
+        results = run.start_seed_runs(model_cfg, task, train_cfg, args.seeds,
+                                      run.seed_run_dirs(run_dir, args.seed, args.seeds), overwrite=args.overwrite,
+                                      device=args.device, progress=progress, plots=plots)
+    elif world > 1:
+        results = [run.start_data_parallel(model_cfg, task, train_cfg, run_dir, int(os.environ.get("LOCAL_RANK", "0")),
+                                           world, args.overwrite, args.device, progress, plots)]
+    else:
+        results = [run.start_run(model_cfg, task, train_cfg, run_dir, overwrite=args.overwrite, device=args.device,
+                                 progress=progress, plots=plots, insert=insert)]
+    for result in results:
+        if result is not None:
+            report(result)
+
+
+def check_resume_flags(args, task_options: dict, data, n_train, run_name, insert) -> None:
+    """--resume with other flags: each must equal the run's saved setting; name those that differ."""
+    members = run.group_of(args.resume)
+    config = RunDir(args.resume).read_config()
+    task_name = experiments.EXPERIMENTS[args.experiment].task
+    if config["task"]["name"] != task_name:
+        raise ValueError(f"{args.resume} is a {config['task']['name']} run: resume it with "
+                         f"scripts/train_{config['task']['name']}.py")
+    given = sorted(args.given - RESUME_FLAGS)
+    if not given:
         return
-    result = start_run(model_cfg, task, train_cfg, run_dir, overwrite=args.overwrite, device=args.device,
-                       progress=progress, plots=not args.no_plots, insert=insert)
-    report(result)
+    if "overwrite" in given:
+        raise ValueError("--overwrite cannot be combined with --resume: --resume continues the run, --overwrite "
+                         "replaces it; give one of them")
+    task, model_cfg, train_cfg = training_configs(args, task_options, data, n_train)
+    fresh = {"model": model_cfg.to_dict(), "task": task.options(), "train": train_cfg.to_dict()}
+    seeds = [RunDir(m).read_config()["train"]["seed"] for m in members] if len(members) > 1 else None
+    option_of = {experiments.FLAG_NAMES.get(k, k): k for k in config["task"] if k != "name"}
+    differ = []
 
+    def compare(dest, section, key, transform=lambda v: v):
+        ours, saved = transform(fresh[section][key]), transform(config[section].get(key))
+        if json.loads(json.dumps(ours)) != json.loads(json.dumps(saved)):
+            differ.append((dest, f"{key} {shown(saved)}, given {shown(ours)}"))
 
-def _run_data_parallel(args, model_cfg, task, train_cfg, run_dir, progress) -> None:
-    """Under torchrun: DistributedDataParallel over the processes (gloo on CPU, nccl on GPU);
-    rank 0 writes the run folder, every rank trains on its own share of each global batch."""
-    import torch
-    import torch.distributed as dist
-
-    from .checkpoint import RunDir
-    from .model import Transformer
-    from .train import check_data_parallel, resolve_device, start_run, train
-
-    local_rank, world = int(os.environ.get("LOCAL_RANK", "0")), int(os.environ["WORLD_SIZE"])
-    check_data_parallel(train_cfg, world, resume=False)  # every rank fails alike, before any collective
-    if RunDir(run_dir).path.exists() and not args.overwrite:
-        raise ValueError(f"run folder {run_dir} exists: pass --overwrite to replace it or --run-name for a new one")
-    device = resolve_device(args.device)
-    if device.type == "cuda":
-        device = torch.device("cuda", local_rank)
-        torch.cuda.set_device(device)
-    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    try:
-        if dist.get_rank() == 0:
-            report(start_run(model_cfg, task, train_cfg, run_dir, overwrite=args.overwrite, device=device,
-                             progress=progress, plots=not args.no_plots))
+    for dest in given:
+        if dest in MODEL_FIELDS:
+            compare(dest, "model", dest)
+        elif dest == "seed":
+            if seeds is None:
+                compare(dest, "train", "seed")
+        elif dest == "beta2":
+            compare(dest, "train", "betas", lambda betas: betas[1])
+        elif dest in TRAIN_FIELDS:
+            compare(dest, "train", dest)
+        elif dest == "finite":
+            compare(dest, "train", "n_train")
+        elif dest in option_of:
+            compare(dest, "task", option_of[dest])
+        elif dest == "seeds":
+            if seeds != list(args.seeds):
+                differ.append((dest, f"seeds {seeds or 'none (a single run)'}, given {args.seeds}"))
+        elif dest in ("run_name", "out"):
+            named = run_dir_of(args, run_name or f"{task.name}_s{args.seed}")
+            dirs = run.seed_run_dirs(named, args.seed, args.seeds) if args.seeds else [named]
+            wanted = [d.resolve() for d in dirs] if dest == "run_name" else [named.parent.resolve()]
+            where = Path(args.resume).resolve() if dest == "run_name" else Path(args.resume).resolve().parent
+            if where not in wanted:
+                differ.append((dest, f"folder {args.resume}, given {dirs[0] if dest == 'run_name' else args.out}"))
+        elif dest.startswith("insert_") and insert is not None:
+            saved = config.get("insert") or {}
+            key = {"insert_from": "run_dir"}.get(dest, dest.removeprefix("insert_"))
+            ours = insert.get(key)
+            if key == "heads" and isinstance(ours, str):
+                ours = [h.strip().upper() for h in ours.split(",")]
+            if key == "step" and ours is None:
+                continue  # the newest checkpoint, resolved when the run started
+            if json.loads(json.dumps(ours)) != json.loads(json.dumps(saved.get(key))):
+                differ.append((dest, f"insert {key} {saved.get(key)}, given {ours}"))
         else:
-            train(Transformer(model_cfg), task, train_cfg, None, device, progress=False)
-    finally:
-        dist.destroy_process_group()
+            differ.append((dest, "not a setting a resumed run can take"))
+    if differ:
+        flags = ", ".join("--" + dest.replace("_", "-") for dest, _ in differ)
+        details = "; ".join(text for _, text in differ)
+        raise ValueError(f"{flags} cannot be combined with --resume: the run's saved settings differ ({details}); "
+                         "a resumed run keeps RUN_DIR/config.json: leave those flags out or give the saved values "
+                         "(only --steps and --device may change)")
 
+
+# ---- what the user sees -------------------------------------------------------------------------
 
 def report(result) -> None:
     """A few lines on stdout about the finished run."""
-    from .metrics import phase_change_steps
-
     metrics = result.metrics
     last = metrics.iloc[-1]
     lines = [f"run folder: {result.run_dir}", f"final train loss: {last['train_loss']:.6g}"]
@@ -289,8 +353,6 @@ def _warn(message: str) -> None:
 
 def main_guard(main, argv=None) -> None:
     """Run main(argv) and turn a user's mistake into one line on stderr and exit status 2."""
-    from .train import NonFiniteLoss, TrainingInterrupted
-
     prog = Path(sys.argv[0]).name
     debug = os.environ.get("GROKMATH_DEBUG")
     try:

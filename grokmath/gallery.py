@@ -1,78 +1,29 @@
 """The phase-change gallery: run each seed experiment with its defaults and collect its figures.
 
 `reproduce(names, out, scale)` trains each named experiment (addition, skip_trigram, induction,
-modular) through grokmath.train.start_run, draws its plots (and, for modular addition, the progress
+modular; their settings are grokmath/experiments.py's) through grokmath.run.start_run, draws its plots (and, for modular addition, the progress
 measures), copies the figures into `<out>/gallery/` as `<experiment>_<figure>.png`, and rewrites
 `<out>/gallery/README.md`, an index of every figure found there with what it shows and what it
-should look like. `scale` is 'full' (the seed notebooks' settings, as scripts/train_*.py; modular
-is p=113 for 40k epochs: use a GPU), 'quick' (small enough for a CPU in a few minutes in all) or
+should look like. `scale` is 'full' (the seed notebooks' settings, the defaults of
+scripts/train_*.py; modular is p=113 for 40k epochs: use a GPU), 'quick' (small enough for a CPU in a few minutes in all) or
 'tiny' (a few steps each, for tests of the plumbing).
 """
 from __future__ import annotations
 
 import json
 import shutil
-from dataclasses import dataclass, field
 from pathlib import Path
 
+from .analysis.progress import write_progress
 from .checkpoint import atomic_write_json, atomic_write_text
+from .experiments import experiment_configs
 from .plots import plot_run
-from .tasks import make_task
-from .train import TrainConfig, model_config_for, resolve_device, start_run
+from .run import start_run
+from .train import resolve_device
 
-SCALES = ("full", "quick", "tiny")
+# The seed experiments in the gallery (their settings: grokmath/experiments.py)
+GALLERY = ("addition", "skip_trigram", "induction", "modular")
 
-
-@dataclass(frozen=True)
-class Experiment:
-    """One seed experiment: its task, model and training settings at full scale, and what
-    `quick` / `tiny` change."""
-    task: str
-    task_options: dict
-    model: dict  # ModelConfig fields besides the task-given vocabulary and context
-    train: dict  # TrainConfig fields
-    quick: dict = field(default_factory=dict)  # {'task': {...}, 'model': {...}, 'train': {...}} overrides
-    tiny: dict = field(default_factory=dict)
-
-
-# Full scale = the defaults of scripts/train_<task>.py (tests/test_gallery.py checks they agree).
-EXPERIMENTS = {
-    "addition": Experiment(
-        "addition", {"n_digits": 5},
-        dict(n_layers=1, d_model=512, n_heads=4, act_fn="relu", normalization=None, positional="learned", seed=129000),
-        dict(steps=3000, batch_size=64, lr=1e-4, weight_decay=0.1, checkpoint_every=500, test_every=1, seed=129000),
-        quick={"model": dict(d_model=128), "train": dict(steps=1500, lr=1e-3, checkpoint_every=500)},
-        tiny={"model": dict(d_model=16, n_heads=2), "train": dict(steps=6, checkpoint_every=3)},
-    ),
-    "skip_trigram": Experiment(
-        "skip_trigram", {"rand_size": 10, "seq_len": 40},
-        dict(n_layers=1, d_model=32, n_heads=1, d_head=8, attn_only=True, positional="learned", seed=6798),
-        dict(steps=3000, batch_size=256, lr=1e-3, weight_decay=0.1, checkpoint_every=100, test_every=1, seed=6798),
-        quick={"train": dict(steps=1500, checkpoint_every=500)},
-        tiny={"train": dict(steps=6, checkpoint_every=3, batch_size=16)},
-    ),
-    "induction": Experiment(
-        "induction", {"seq_len": 85, "subseq_len": 16, "num_repeats": 3, "vocab_size": 128},
-        dict(n_layers=2, d_model=48, n_heads=4, attn_only=True, positional="learned", seed=123),
-        dict(steps=6000, batch_size=128, lr=1e-3, betas=(0.9, 0.999), weight_decay=0.1, warmup=100,
-             checkpoint_every=100, test_every=1, seed=123),
-        quick={"train": dict(steps=1200, checkpoint_every=400)},
-        tiny={"task": dict(seq_len=20, subseq_len=4, vocab_size=16), "model": dict(d_model=16),
-              "train": dict(steps=6, checkpoint_every=3, batch_size=8, warmup=2)},
-    ),
-    "modular": Experiment(
-        "modular", {"p": 113, "op": "add", "frac_train": 0.3},
-        dict(n_layers=1, d_model=128, n_heads=4, d_mlp=512, act_fn="relu", normalization=None,
-             positional="learned", seed=0),
-        dict(steps=40000, batch_size=None, lr=1e-3, weight_decay=1.0, data="full", checkpoint_every=100,
-             test_every=1, seed=0),
-        # p=31: train accuracy 100% by epoch ~70 with the test accuracy ~34%, test accuracy 99% at ~1150
-        quick={"task": dict(p=31, frac_train=0.5), "model": dict(d_model=64, d_mlp=256),
-               "train": dict(steps=2000, lr=3e-3, checkpoint_every=20)},
-        tiny={"task": dict(p=7, frac_train=0.7), "model": dict(d_model=16, n_heads=2, d_mlp=32),
-              "train": dict(steps=6, checkpoint_every=3)},
-    ),
-}
 
 # What each figure shows and what it should look like: (experiment, file) -> (title, text).
 FIGURES = {
@@ -121,20 +72,6 @@ FIGURES = {
 }
 
 
-def experiment_configs(name: str, scale: str = "full"):
-    """(task, ModelConfig, TrainConfig) of experiment `name` at `scale`."""
-    if name not in EXPERIMENTS:
-        raise ValueError(f"unknown experiment {name!r}: choose from {', '.join(EXPERIMENTS)} or 'all'")
-    if scale not in SCALES:
-        raise ValueError(f"unknown scale {scale!r}: use one of {', '.join(SCALES)}")
-    exp = EXPERIMENTS[name]
-    change = {} if scale == "full" else getattr(exp, scale)
-    task = make_task(exp.task, **{**exp.task_options, **change.get("task", {})})
-    model_cfg = model_config_for(task, **{**exp.model, **change.get("model", {})})
-    train_cfg = TrainConfig(**{**exp.train, **change.get("train", {})})
-    return task, model_cfg, train_cfg
-
-
 def run_experiment(name: str, out, scale: str = "full", device=None, overwrite: bool = False,
                    progress: bool = True) -> list[Path]:
     """Train experiment `name` into `<out>/<name>[_<scale>]`, draw its figures, copy them into
@@ -145,8 +82,6 @@ def run_experiment(name: str, out, scale: str = "full", device=None, overwrite: 
               plots=False)
     figures = list(plot_run(run_dir))
     if name == "modular":
-        from .analysis.progress import write_progress
-
         written = write_progress(run_dir, progress=progress)["paths"]
         figures += [p for p in written if p.suffix == ".png"]
     gallery = Path(out) / "gallery"
@@ -171,7 +106,7 @@ def write_index(gallery) -> Path:
              "Made by `python scripts/reproduce.py all` (add `--quick` for the reduced CPU versions). "
              "Each figure is copied from its run folder; the text says what it shows and what it should "
              "look like.", ""]
-    for name in EXPERIMENTS:
+    for name in GALLERY:
         found = {path.name[len(name) + 1:]: path for path in gallery.glob(f"{name}_*.png")}
         if not found:
             continue
@@ -194,9 +129,11 @@ def write_index(gallery) -> Path:
 def reproduce(names, out="runs", scale: str = "full", device=None, overwrite: bool = False,
               progress: bool = True) -> Path:
     """Run the named experiments ('all' for every one) and rewrite the gallery's index; returns it."""
-    names = list(EXPERIMENTS) if "all" in names else list(dict.fromkeys(names))
+    names = list(GALLERY) if "all" in names else list(dict.fromkeys(names))
     for name in names:
-        experiment_configs(name, scale)  # a bad name or scale fails before anything is trained
+        if name not in GALLERY:
+            raise ValueError(f"unknown experiment {name!r}: choose from {', '.join(GALLERY)} or 'all'")
+        experiment_configs(name, scale)  # a bad scale fails before anything is trained
     resolve_device(device)
     for name in names:
         run_experiment(name, out, scale, device, overwrite, progress)

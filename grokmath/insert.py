@@ -26,6 +26,9 @@ import re
 
 import torch
 
+from .checkpoint import load_run
+from .config import check_whole
+
 INSERT_MODES = {1: "initialise only", 2: "initialise, then restore the listed heads every N steps",
                 3: "initialise, then restore every head and MLP every N steps"}
 
@@ -186,8 +189,7 @@ class Inserter:
         if mode not in INSERT_MODES:
             raise ValueError(f"insert mode {mode!r} is not known: use "
                              + ", ".join(f"{k} ({v})" for k, v in INSERT_MODES.items()))
-        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
-            raise ValueError(f"insert every={every!r} must be a whole number of steps >= 1")
+        check_whole("insert every", every, 1)
         if heads is not None and mode != 2:
             raise ValueError(f"a list of heads only applies to insert mode 2, not mode {mode}")
         check_insertable(small.cfg, large.cfg)
@@ -230,8 +232,6 @@ def inserter_from_run(large, run_dir, mode: int = 1, late: bool = False, heads=N
                       step: int | None = None) -> Inserter:
     """An Inserter whose small model is the trained run in `run_dir` (its newest checkpoint, or `step`).
     `heads` may be a list of (layer, head) pairs or text like 'L0H1,L1H2'."""
-    from .checkpoint import load_run
-
     run = load_run(run_dir, step=step, device=next(large.parameters()).device)
     if isinstance(heads, str):
         heads = parse_heads(heads)

@@ -1,4 +1,5 @@
-"""Losses and accuracies scored at a task's prediction positions.
+"""Scoring at a task's prediction positions: the one place that turns logits into losses and
+accuracies, for training, its metrics, evaluation, analysis and the SAE's spliced-in check.
 
 The model returns logits [batch, n_pred, d_vocab_out] at `task.pred_pos`; these are scored
 against `targets` [batch, n_pred], counting only the entries where `mask` [batch, n_pred] is True
@@ -12,9 +13,14 @@ import torch
 
 
 def pred_log_probs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """log p(target) in float64: logits [batch, n_pred, vocab], targets [batch, n_pred] -> [batch, n_pred]."""
-    log_probs = logits.to(torch.float64).log_softmax(dim=-1)  # [batch, n_pred, vocab]
-    return log_probs.gather(-1, targets[..., None])[..., 0]  # [batch, n_pred]
+    """log p(target) in float64: logits [..., n_pred, vocab], targets [..., n_pred] -> [..., n_pred]."""
+    log_probs = logits.to(torch.float64).log_softmax(dim=-1)  # [..., n_pred, vocab]
+    return log_probs.gather(-1, targets[..., None])[..., 0]  # [..., n_pred]
+
+
+def correct(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Whether the arg-max prediction is the target: [batch, n_pred] bool."""
+    return logits.argmax(dim=-1) == targets
 
 
 def masked_mean(values: torch.Tensor, mask: torch.Tensor | None, dim=None) -> torch.Tensor:
@@ -39,11 +45,6 @@ def per_position_loss(nll: torch.Tensor, mask: torch.Tensor | None) -> torch.Ten
     return masked_mean(nll, mask, dim=0)
 
 
-def correct(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Whether the arg-max prediction is the target: [batch, n_pred] bool."""
-    return logits.argmax(dim=-1) == targets
-
-
 def accuracy(logits, targets, mask=None) -> torch.Tensor:
     """Fraction of scored predictions whose arg-max is the target (a float64 scalar)."""
     return masked_mean(correct(logits, targets).to(torch.float64), mask)
@@ -57,13 +58,53 @@ def sequence_accuracy(logits, targets, mask=None) -> torch.Tensor:
     return right.all(dim=-1).to(torch.float64).mean()
 
 
-def case_losses(nll: torch.Tensor, case_masks: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-    """Mean nll over each case: nll [batch, n_pred], case_masks [n_cases, batch, n_pred] bool -> [n_cases].
+def score(pred_logits: torch.Tensor, batch) -> dict[str, torch.Tensor]:
+    """Loss and accuracy of logits at the answer positions [batch, n_pred, vocab] against batch.targets.
+
+    Returns float64 tensors: 'loss' and 'acc' (scalars over the scored entries), 'loss_pos' and
+    'acc_pos' ([n_pred], masked means over the batch) and 'seq_acc' (all of a row's scored
+    predictions right).
+    """
+    nll = -pred_log_probs(pred_logits, batch.targets)  # [batch, n_pred]
+    right = correct(pred_logits, batch.targets).to(torch.float64)
+    mask = batch.mask
+    return {"loss": masked_mean(nll, mask), "acc": masked_mean(right, mask),
+            "loss_pos": per_position_loss(nll, mask), "acc_pos": masked_mean(right, mask, dim=0),
+            "seq_acc": sequence_accuracy(pred_logits, batch.targets, mask)}
+
+
+@torch.no_grad()
+def score_sums(forward, batch, chunk: int = 8192):
+    """Per-position sums over a (possibly large) batch, `chunk` rows per forward:
+    (nll sum, correct count, scored count), each [n_pred] float64.
+    forward(tokens [rows, n_ctx]) -> logits at the answer positions [rows, n_pred, vocab]."""
+    nll_sum = correct_sum = count = 0
+    for start in range(0, len(batch), chunk):
+        part = batch.index(slice(start, start + chunk))
+        logits = forward(part.tokens)  # [rows, n_pred, d_vocab_out]
+        nll = -pred_log_probs(logits, part.targets)  # [rows, n_pred]
+        right = correct(logits, part.targets).to(torch.float64)
+        weight = torch.ones_like(nll) if part.mask is None else part.mask.to(torch.float64)
+        nll_sum = nll_sum + torch.where(weight > 0, nll, torch.zeros_like(nll)).sum(0)
+        correct_sum = correct_sum + (right * weight).sum(0)
+        count = count + weight.sum(0)
+    return nll_sum, correct_sum, count
+
+
+def case_sums(nll: torch.Tensor, case_masks: torch.Tensor, mask: torch.Tensor | None = None):
+    """Per case and position, the nll summed over the batch's scored entries of that case and their
+    count: nll [batch, n_pred], case_masks [n_cases, batch, n_pred] bool -> two [n_cases, n_pred]."""
+    scored = case_masks if mask is None else case_masks & mask
+    total = torch.where(scored, nll, torch.zeros_like(nll)).sum(dim=1)  # [n_cases, n_pred]
+    return total, scored.sum(dim=1)
+
+
+def case_losses(nll: torch.Tensor, case_masks: torch.Tensor, mask: torch.Tensor | None = None,
+                per_position: bool = False) -> torch.Tensor:
+    """Mean nll over each case: nll [batch, n_pred], case_masks [n_cases, batch, n_pred] bool -> [n_cases]
+    (per_position: [n_cases, n_pred], each case at each scored position).
 
     A case with no scored entries in this batch gives NaN (0/0), so no host sync is needed.
     """
-    if mask is not None:
-        case_masks = case_masks & mask
-    weights = case_masks.to(nll.dtype)  # [n_cases, batch, n_pred]
-    total = torch.where(case_masks, nll, torch.zeros_like(nll)).sum(dim=(1, 2))
-    return total / weights.sum(dim=(1, 2))
+    total, count = case_sums(nll, case_masks, mask)  # each [n_cases, n_pred]
+    return total / count if per_position else total.sum(1) / count.sum(1)

@@ -1,35 +1,16 @@
 """Per-step metrics of the training loop: the columns of metrics.csv, one step's row (kept on
-the device), the log that moves rows to the host in chunks, test-set scoring, and what the
-finished curves say (phase-change steps, the summary)."""
+the device; its numbers come from grokmath.losses), the log that moves rows to the host in
+chunks, and what the finished curves say (phase-change steps, the summary)."""
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 import torch
 
-from .losses import masked_mean, pred_log_probs
-
-if TYPE_CHECKING:
-    from .train import TrainConfig
-
-
-@torch.no_grad()
-def score_sums(model, batch, pred_pos, chunk: int = 8192):
-    """Per-position sums over a (possibly large) batch: (nll sum, correct count, scored count), each [n_pred]."""
-    nll_sum = correct_sum = count = 0
-    for start in range(0, len(batch), chunk):
-        part = batch.index(slice(start, start + chunk))
-        logits = model(part.tokens, positions=pred_pos)  # [batch, n_pred, d_vocab_out]
-        nll = -pred_log_probs(logits, part.targets)  # [batch, n_pred]
-        right = (logits.argmax(-1) == part.targets).to(torch.float64)
-        weight = torch.ones_like(nll) if part.mask is None else part.mask.to(torch.float64)
-        nll_sum = nll_sum + torch.where(weight > 0, nll, torch.zeros_like(nll)).sum(0)
-        correct_sum = correct_sum + (right * weight).sum(0)
-        count = count + weight.sum(0)
-    return nll_sum, correct_sum, count
+from .config import TrainConfig
+from .losses import case_losses, correct, masked_mean, per_position_loss
 
 
 def metric_columns(task, has_test: bool, case_names: list[str]) -> list[str]:
@@ -97,11 +78,11 @@ class MetricsLog:
 
 def metric_row(loss, nll, logits, batch, cases, test_sums, has_test: bool, n_pred: int) -> torch.Tensor:
     """One step's values in metric_columns order (after step and lr), kept on the device.
-    cases: [n_cases, batch, n_pred] bool or None; test_sums: score_sums(...) on the test set, or None
+    cases: [n_cases, batch, n_pred] bool or None; test_sums: losses.score_sums(...) on the test set, or None
     when the test set was not measured this step (NaN then)."""
     nll, mask = nll.detach(), batch.mask
     nan = torch.full((1,), math.nan, dtype=torch.float64, device=nll.device)
-    right = (logits.detach().argmax(-1) == batch.targets).to(torch.float64)  # [batch, n_pred]
+    right = correct(logits.detach(), batch.targets).to(torch.float64)  # [batch, n_pred]
     if test_sums is None:
         test_loss, test_acc, test_per_pos = nan, nan, nan.expand(n_pred)
     else:
@@ -110,15 +91,12 @@ def metric_row(loss, nll, logits, batch, cases, test_sums, has_test: bool, n_pre
         test_per_pos = nll_sum / count
     parts = [loss.detach()[None], test_loss, masked_mean(right, mask)[None]]
     parts += [test_acc] if has_test else []
-    parts += [masked_mean(nll, mask, dim=0)]  # [n_pred]
+    parts += [per_position_loss(nll, mask)]  # [n_pred]
     parts += [test_per_pos] if has_test else []
     if cases is not None:
-        scored = cases if mask is None else cases & mask
-        case_nll = torch.where(scored, nll, torch.zeros_like(nll)).sum(dim=1)  # [n_cases, n_pred]
-        case_count = scored.sum(dim=1)  # [n_cases, n_pred]
-        parts.append(case_nll.sum(1) / case_count.sum(1))  # [n_cases], NaN where a case is absent
+        parts.append(case_losses(nll, cases, mask))  # [n_cases], NaN where a case is absent
         if n_pred > 1:
-            parts.append((case_nll / case_count).flatten())  # [n_cases * n_pred]
+            parts.append(case_losses(nll, cases, mask, per_position=True).flatten())  # [n_cases * n_pred]
     return torch.cat(parts)
 
 

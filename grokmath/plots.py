@@ -23,7 +23,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from .checkpoint import _atomic_write  # noqa: E402
+from .checkpoint import RunDir, _atomic_write, atomic_write_text  # noqa: E402
+from .tasks import make_task  # noqa: E402
 
 
 def save_figure(fig, path) -> Path:
@@ -200,8 +201,6 @@ def reference_losses(task) -> dict:
 
 def plot_run(run_dir) -> list[Path]:
     """Draw every plot that fits the run in `run_dir` from its metrics.csv and config.json."""
-    from .checkpoint import RunDir
-
     run = RunDir(run_dir)
     config = run.read_config()
     metrics = run.read_metrics()
@@ -223,11 +222,9 @@ def plot_run(run_dir) -> list[Path]:
     if _columns(metrics, "case_"):
         paths.append(plot_cases(metrics, run.path / "case_loss.png", f"Per-case Loss Curves for {subject}{suffix}"))
     try:
-        from .tasks import make_task
-
         task = make_task(config["task"]["name"], **{k: v for k, v in config["task"].items() if k != "name"})
         references = reference_losses(task)
-    except (ImportError, ValueError):
+    except ValueError:
         references = {}
     if references:
         paths.append(plot_with_references(metrics, run.path / "loss_references.png", references,
@@ -239,8 +236,6 @@ def write_compare(run_dirs: list, path, label_by: str | None = None, window: int
                   first_steps: int | None = None, thresholds=(1.0, 0.1, 0.01, 0.001), last: int = 100):
     """Plot several runs' train loss on one figure and write a summary CSV beside the PNG.
     Returns (png path, csv path, summary DataFrame)."""
-    from .checkpoint import RunDir
-
     curves, rows = {}, []
     for run_dir in run_dirs:
         run = RunDir(run_dir)
@@ -262,8 +257,6 @@ def write_compare(run_dirs: list, path, label_by: str | None = None, window: int
     path = Path(path)
     png = plot_compare(curves, path.with_suffix(".png"), window=window, first_steps=first_steps)
     summary = pd.DataFrame(rows)
-    from .checkpoint import atomic_write_text
-
     csv = path.with_suffix(".csv")
     atomic_write_text(csv, summary.to_csv(index=False))
     return png, csv, summary

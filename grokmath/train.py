@@ -1,8 +1,12 @@
-"""The one training loop that every task and script uses.
+"""The one training loop: one model, or K models with stacked weights (`--seeds`), same loop.
 
-`train(model, task, cfg, run_dir)` runs AdamW (betas 0.9, 0.98) with a linear warm-up
-(`min(step / warmup, 1)`, the seed notebooks' LambdaLR) or warm-up + cosine decay, on one of
-three data regimes (`cfg.data`):
+`train(model, task, cfg, run_dir)` trains one model; `train_seeds(model_cfg, task, cfg, seeds,
+run_dirs)` trains one model per seed at once (grokmath.multiseed stacks them; each model's init
+and data are seeded by its seed), writing into each run folder exactly what a single run with that
+seed writes. Both run `run_loop`, so every promise below holds for both.
+
+AdamW (betas 0.9, 0.98) with a linear warm-up (`min(step / warmup, 1)`, the seed notebooks'
+LambdaLR) or warm-up + cosine decay, on one of three data regimes (`cfg.data`):
 - 'infinite': a fresh `task.sample(batch_size, gen)` every step;
 - 'finite':   a fixed training set `task.split(n_train, gen)`, full batch or random minibatches,
               with the loss on the held-out set every `test_every` steps;
@@ -11,12 +15,15 @@ three data regimes (`cfg.data`):
 Every step records the train loss (float64 log-softmax), each scored position's loss, each
 case's loss (`task.case_masks`) and the accuracy; these stay on the device and reach the host in
 chunks, so a step costs no synchronisation. In order, a step: checkpoint (every N steps), sample,
-forward, backward, test, Grokfast filter, optimizer and scheduler step, record.
+test-set score, then `train_step` (forward, backward, Grokfast filter, optimizer step: one
+function of the models, the batch tensors and the optimizer), scheduler step, record.
 
-The run folder (grokmath.checkpoint) gets `config.json`, `metrics.csv` (flushed at every
-checkpoint), model checkpoints and resumable states. `resume=True` continues from the newest state
-and reproduces an uninterrupted run bit for bit on CPU. SIGINT/SIGTERM save a state and raise
-TrainingInterrupted; a non-finite loss raises NonFiniteLoss (or, with skip_nonfinite, is skipped).
+Each run folder (grokmath.checkpoint) gets `metrics.csv` (flushed at every checkpoint), model
+checkpoints and resumable states; the folders are made beforehand (grokmath.run). `resume=True`
+continues from the newest state (for K models, the newest step every one of them has) and
+reproduces an uninterrupted run bit for bit on CPU. SIGINT/SIGTERM save a state and raise
+TrainingInterrupted; a non-finite loss raises NonFiniteLoss (or, with skip_nonfinite, for one
+model only, is skipped).
 """
 from __future__ import annotations
 
@@ -25,106 +32,24 @@ import signal
 import threading
 import time
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
+from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
-from .checkpoint import RunDir, atomic_write_json, load_state_dict_checked
-from .config import ModelConfig, from_dict
+from .checkpoint import RunDir, atomic_write_json, load_latest_states, load_state_dict_checked
+from .config import ModelConfig, TrainConfig
 from .grokfast import GradFilter
-from .losses import masked_mean, pred_log_probs
-from .metrics import MetricsLog, metric_columns, metric_row, score_sums, summarize
+from .losses import masked_mean, pred_log_probs, score_sums
+from .metrics import MetricsLog, metric_columns, metric_row, summarize
+from .multiseed import StackedModels
 from .tasks.base import Batch
 
-DATA_REGIMES = ("infinite", "finite", "full")
-SCHEDULES = ("warmup", "cosine")
 FLUSH_EVERY = 50  # steps between moves of the metrics from the device to the host
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    steps: int = 3000
-    batch_size: int | None = 64  # None: full batch ('finite' / 'full' data only)
-    lr: float = 1e-3
-    weight_decay: float = 0.1
-    betas: tuple = (0.9, 0.98)
-    schedule: str = "warmup"  # 'warmup': min(step / warmup, 1); 'cosine': warm-up from 1% then cosine to 0
-    warmup: int | None = None  # None: 10 for 'warmup', steps // 5 for 'cosine' (the seed notebooks)
-    data: str = "infinite"
-    n_train: int | None = None  # 'finite': size of the fixed training set
-    n_test: int | None = None  # 'finite': size of the held-out set (None: the task's default)
-    test_every: int = 1
-    checkpoint_every: int = 100
-    seed: int = 0  # seeds the data generator (the model's init is seeded by ModelConfig.seed)
-    grokfast: str | None = None  # None, 'ema' or 'ma'
-    grokfast_alpha: float = 0.98
-    grokfast_lamb: float | None = None  # None: 2.0 for 'ema', 5.0 for 'ma' (the paper)
-    grokfast_window: int = 100
-    skip_nonfinite: bool = False
-
-    def __post_init__(self):
-        def fail(name, why, fix):
-            raise ValueError(f"training setting {name}={getattr(self, name)!r} {why}: {fix}")
-
-        def check_int(name, low, high, allow_none=False):
-            value = getattr(self, name)
-            if value is None and allow_none:
-                return
-            if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-                fail(name, "is out of range", f"use a whole number from {low} to {high:,}")
-
-        def check_float(name, low, high, low_open=True):
-            value = getattr(self, name)
-            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-            if not ok or value > high or value < low or (low_open and value == low):
-                bound = f"> {low}" if low_open else f">= {low}"
-                fail(name, "is out of range", f"use a number {bound} and <= {high}")
-
-        check_int("steps", 1, 100_000_000)
-        check_int("batch_size", 1, 10_000_000, allow_none=True)
-        check_float("lr", 0.0, 1.0)
-        check_float("weight_decay", 0.0, 100.0, low_open=False)
-        if not (isinstance(self.betas, (tuple, list)) and len(self.betas) == 2
-                and all(isinstance(b, (int, float)) and 0 <= b < 1 for b in self.betas)):
-            fail("betas", "is not two numbers in [0, 1)", "use e.g. (0.9, 0.98)")
-        object.__setattr__(self, "betas", tuple(float(b) for b in self.betas))
-        if self.schedule not in SCHEDULES:
-            fail("schedule", "is not a known schedule", f"use one of {SCHEDULES}")
-        if self.warmup is None:
-            object.__setattr__(self, "warmup", 10 if self.schedule == "warmup" else self.steps // 5)
-        check_int("warmup", 0, 100_000_000)
-        if self.data not in DATA_REGIMES:
-            fail("data", "is not a known data regime", f"use one of {DATA_REGIMES}")
-        if self.data == "infinite" and self.batch_size is None:
-            fail("batch_size", "is None with infinite data", "give a batch size (full batch needs a finite data set)")
-        check_int("n_train", 1, 100_000_000, allow_none=True)
-        if self.data == "finite" and self.n_train is None:
-            fail("n_train", "is not set for finite data", "give the size of the training set (e.g. --finite 750)")
-        check_int("n_test", 1, 100_000_000, allow_none=True)
-        check_int("test_every", 1, 100_000_000)
-        check_int("checkpoint_every", 1, 100_000_000)
-        check_int("seed", 0, 2**63 - 1)
-        if self.grokfast not in (None, "ema", "ma"):
-            fail("grokfast", "is not a known filter", "use 'ema', 'ma' or leave it unset")
-        check_float("grokfast_alpha", 0.0, 0.999999, low_open=False)
-        if self.grokfast_lamb is not None:
-            check_float("grokfast_lamb", 0.0, 1000.0, low_open=False)
-        check_int("grokfast_window", 1, 100_000)
-        if not isinstance(self.skip_nonfinite, bool):
-            fail("skip_nonfinite", "is not a bool", "use True or False")
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["betas"] = list(self.betas)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "TrainConfig":
-        return from_dict(cls, d)
 
 
 class TrainingStopped(Exception):
@@ -181,7 +106,7 @@ def rank_seed(seed: int, rank: int) -> int:
     return seed + 1_000_003 * rank
 
 
-def check_data_parallel(cfg: "TrainConfig", world: int, resume: bool) -> None:
+def check_data_parallel(cfg: TrainConfig, world: int, resume: bool) -> None:
     if cfg.data != "infinite":
         raise ValueError("data-parallel training needs a fresh batch each step (infinite data): "
                          "train finite or full-batch runs in one process")
@@ -211,11 +136,6 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig):
     # A closure rather than a lambda object keeps the scheduler's state_dict free of code
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(cfg, step))
     return optimizer, scheduler
-
-
-def model_config_for(task, **settings) -> ModelConfig:
-    """A ModelConfig whose vocabulary and context come from the task, the rest from `settings`."""
-    return ModelConfig(d_vocab=task.d_vocab, d_vocab_out=task.d_vocab_out, n_ctx=task.n_ctx, **settings)
 
 
 class TrainData:
@@ -285,8 +205,83 @@ def stop_on_signals(enabled: bool = True):
             signal.signal(sig, old)
 
 
-def _all_finite(model) -> bool:
-    return bool(torch.stack([torch.isfinite(p).all() for p in model.parameters()]).all())
+class OneModel:
+    """One model as the loop sees models: a stack of K = 1 (see grokmath.multiseed for K > 1).
+    `forward_module` is what runs the forward (the model, or its DistributedDataParallel)."""
+
+    seeds = None
+
+    def __init__(self, model: torch.nn.Module, forward_module=None):
+        self.module, self.forward_module = model, forward_module or model
+
+    def __len__(self) -> int:
+        return 1
+
+    def forward(self, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """tokens [1, batch, n_ctx] -> logits [1, batch, n_pred, d_vocab_out]."""
+        return self.forward_module(tokens[0], positions=positions)[None]
+
+    def named_parameters(self):
+        return self.module.named_parameters()
+
+    def parameters(self):
+        return self.module.parameters()
+
+    def model(self, k: int) -> torch.nn.Module:
+        return self.module
+
+    def model_state(self, k: int) -> dict:
+        return {name: v.detach().cpu() for name, v in self.module.state_dict().items()}
+
+    def load_model_states(self, states: list[dict]) -> None:
+        device = next(self.module.parameters()).device
+        load_state_dict_checked(self.module, {k: v.to(device) for k, v in states[0].items()},
+                                "resumable checkpoint")
+
+    def optimizer_state(self, optimizer, k: int) -> dict:
+        return optimizer.state_dict()
+
+    def load_optimizer_states(self, optimizer, states: list[dict]) -> None:
+        optimizer.load_state_dict(states[0])
+
+    def filter_state(self, grad_filter, k: int) -> dict:
+        return grad_filter.state_dict()
+
+    def load_filter_states(self, grad_filter, states: list[dict]) -> None:
+        grad_filter.load_state_dict(states[0])
+
+
+def stack_batches(batches: list[Batch]) -> Batch:
+    """K batches of one shape as one with a leading [K] axis (K = 1: views, no copy)."""
+    if len(batches) == 1:
+        b = batches[0]
+        return Batch(b.tokens[None], b.targets[None], None if b.mask is None else b.mask[None])
+    mask = None if batches[0].mask is None else torch.stack([b.mask for b in batches])
+    return Batch(torch.stack([b.tokens for b in batches]), torch.stack([b.targets for b in batches]), mask)
+
+
+def all_finite(models) -> bool:
+    return bool(torch.stack([torch.isfinite(p).all() for p in models.parameters()]).all())
+
+
+def train_step(models, batch: Batch, positions: torch.Tensor, optimizer, grad_filter=None,
+               skip_nonfinite: bool = False):
+    """One optimizer step of the K models on their batches (tokens, targets and mask each [K, ...]):
+    forward, float64 loss, backward, Grokfast filter, AdamW. Returns (losses [K], nll [K, batch,
+    n_pred], logits [K, batch, n_pred, vocab], skipped); a skipped step changes no weight."""
+    logits = models.forward(batch.tokens, positions)  # [K, batch, n_pred, d_vocab_out]
+    nll = -pred_log_probs(logits, batch.targets)  # [K, batch, n_pred] float64
+    masks = [None] * len(models) if batch.mask is None else batch.mask
+    losses = torch.stack([masked_mean(nll[k], masks[k]) for k in range(len(models))])  # [K]
+    skipped = skip_nonfinite and not bool(torch.isfinite(losses).all())  # a sync only when skipping is on
+    if not skipped:
+        losses.sum().backward()  # the sum: each model gets exactly the gradient of its own loss
+        with torch.no_grad():
+            if grad_filter is not None:
+                grad_filter.apply(models)
+            optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return losses, nll, logits, skipped
 
 
 # ---- the loop ---------------------------------------------------------------------------------
@@ -294,199 +289,166 @@ def _all_finite(model) -> bool:
 def train(model, task, cfg: TrainConfig, run_dir=None, device=None, resume: bool = False,
           progress: bool = True, warn=print, after_step=None) -> TrainResult:
     """Train `model` on `task`; with `run_dir` (already created) write checkpoints and metrics there.
-    `after_step(step)`, if given, runs after each optimizer step (model insertion restores heads there)."""
-    started = time.time()
+    `after_step(step)`, if given, runs after each optimizer step (model insertion restores heads there).
+    Under torch.distributed (torchrun) the forward runs through DistributedDataParallel."""
     device = resolve_device(device) if not isinstance(device, torch.device) else device
-    run = RunDir(run_dir) if run_dir is not None else None
-    if resume and run is None:
-        raise ValueError("resume needs a run folder")
     model.to(device)
-    pred_pos = task.pred_pos.to(device)
     rank, world = data_parallel_rank()
+    forward = None
     if world > 1:
         check_data_parallel(cfg, world, resume)
-    gen = torch.Generator().manual_seed(rank_seed(cfg.seed, rank))
-    probe = probe_batch(task, cfg)
-    case_names = list(task.case_masks(probe))
-    # with data parallelism each rank draws batch_size / world examples of the global batch
-    data = TrainData(task, replace(cfg, batch_size=cfg.batch_size // world) if world > 1 else cfg,
-                     gen, device, case_names)
-    forward = model
-    if world > 1:
-        from torch.nn.parallel import DistributedDataParallel
-
         forward = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    has_test = data.test is not None
-    optimizer, scheduler = make_optimizer(model, cfg)
+    return run_loop(OneModel(model, forward), task, [cfg], [run_dir], device, resume, progress, warn, after_step)[0]
+
+
+def train_seeds(model_cfg: ModelConfig, task, cfg: TrainConfig, seeds: list[int], run_dirs=None, device=None,
+                resume: bool = False, progress: bool = True, warn=print) -> list[TrainResult]:
+    """Train one model per seed at once (model init and data both seeded by it); run_dirs already created."""
+    check_stackable(cfg, seeds)
+    device = resolve_device(device) if not isinstance(device, torch.device) else device
+    cfgs = [replace(cfg, seed=s) for s in seeds]
+    return run_loop(StackedModels(model_cfg, seeds, device), task, cfgs,
+                    [None] * len(seeds) if run_dirs is None else run_dirs, device, resume, progress, warn)
+
+
+def check_stackable(cfg: TrainConfig, seeds: list[int]) -> None:
+    """What stacked seeds cannot do, refused before anything is written."""
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"seeds {seeds} repeat: give distinct seeds")
+    if cfg.skip_nonfinite:
+        raise ValueError("--skip-nonfinite is for single runs (one stacked model's step cannot be skipped "
+                         "alone): train those seeds one at a time")
+    if data_parallel_rank()[1] > 1:
+        raise ValueError("--seeds trains in one process: leave out torchrun")
+
+
+def run_loop(models, task, cfgs: list[TrainConfig], run_dirs: list, device: torch.device, resume: bool = False,
+             progress: bool = True, warn=print, after_step=None) -> list[TrainResult]:
+    """The loop (see the module doc) for K models (`OneModel` or `StackedModels`) and their K
+    configs (equal but for the seed) and run folders (all None: nothing is written)."""
+    started = time.time()
+    K, cfg = len(models), cfgs[0]
+    runs = [None if d is None else RunDir(d) for d in run_dirs]
+    writing = runs[0] is not None
+    if resume and not writing:
+        raise ValueError("resume needs a run folder")
+    pred_pos = task.pred_pos.to(device)
+    rank, world = data_parallel_rank()
+    gens = [torch.Generator().manual_seed(rank_seed(c.seed, rank)) for c in cfgs]
+    case_names = list(task.case_masks(probe_batch(task, cfg)))
+    # with data parallelism each rank draws batch_size / world examples of the global batch
+    datas = [TrainData(task, replace(c, batch_size=c.batch_size // world) if world > 1 else c, gen, device,
+                       case_names) for c, gen in zip(cfgs, gens)]
+    has_test = datas[0].test is not None
+    optimizer, scheduler = make_optimizer(models, cfg)
     grad_filter = None if cfg.grokfast is None else GradFilter(
         cfg.grokfast, cfg.grokfast_alpha, cfg.grokfast_lamb, cfg.grokfast_window)
-    log = MetricsLog(metric_columns(task, has_test, case_names))
+    logs = [MetricsLog(metric_columns(task, has_test, case_names)) for _ in range(K)]
     n_pred = len(task.pred_labels)
     start, n_skipped, checked = 0, 0, 0
 
     if resume:
-        state = run.load_latest_state(warn=warn)
-        load_state_dict_checked(model, {k: v.to(device) for k, v in state["model"].items()}, "resumable checkpoint")
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        gen.set_state(state["generator"])
-        torch.set_rng_state(state["torch_rng"])
+        states = load_latest_states(runs, warn=warn)
+        models.load_model_states([state["model"] for state in states])
+        models.load_optimizer_states(optimizer, [state["optimizer"] for state in states])
+        scheduler.load_state_dict(states[0]["scheduler"])
+        for gen, state in zip(gens, states):
+            gen.set_state(state["generator"])
+        torch.set_rng_state(states[0]["torch_rng"])
         if grad_filter is not None:
-            grad_filter.load_state_dict(state["grad_filter"])
+            models.load_filter_states(grad_filter, [state["grad_filter"] for state in states])
             grad_filter.to(device)
-        start, n_skipped = state["step"], state["n_skipped"]
-        log.load(run.read_metrics(), start)
+        start, n_skipped = states[0]["step"], states[0]["n_skipped"]
+        for log, run in zip(logs, runs):
+            log.load(run.read_metrics(), start)
         checked = start
+
+    def whose(k: int) -> str:
+        return "" if K == 1 else f" of seed {models.seeds[k]} ({runs[k].path.name if writing else k})"
 
     def flush() -> None:
         """Metrics to the host; stop on a non-finite train loss (unless skipping those)."""
         nonlocal checked
-        log.to_host()
-        losses = log.host[checked:, 2]
-        bad = np.flatnonzero(~np.isfinite(losses))
-        if len(bad) and not cfg.skip_nonfinite:
-            bad_step = int(log.host[checked + bad[0], 0])
-            last_good = (bad_step // cfg.checkpoint_every) * cfg.checkpoint_every
-            if run is not None:
-                run.write_metrics(log.csv())
-            raise NonFiniteLoss(
-                f"the training loss is {losses[bad[0]]} at step {bad_step}; the run stopped and its last good "
-                f"checkpoint is step {last_good}. Lower --lr, or pass --skip-nonfinite to skip such steps")
-        checked = len(log.host)
+        for log in logs:
+            log.to_host()
+        for k, log in enumerate(logs):
+            losses = log.host[checked:, 2]
+            bad = np.flatnonzero(~np.isfinite(losses))
+            if len(bad) and not cfg.skip_nonfinite:
+                bad_step = int(log.host[checked + bad[0], 0])
+                last_good = (bad_step // cfg.checkpoint_every) * cfg.checkpoint_every
+                for run, run_log in zip(runs, logs):
+                    if run is not None:
+                        run.write_metrics(run_log.csv())
+                stopped = "the run stopped and its" if K == 1 else f"all {K} stacked runs stopped and their"
+                raise NonFiniteLoss(
+                    f"the training loss{whose(k)} is {losses[bad[0]]} at step {bad_step}; {stopped} last good "
+                    f"checkpoint is step {last_good}. Lower --lr, or pass --skip-nonfinite to skip such steps"
+                    + ("" if K == 1 else " (in single runs)"))
+        checked = len(logs[0].host)
 
     def save(step: int, model_checkpoint: bool = True) -> None:
         flush()
-        if run is None:
+        if not writing:
             return
-        if not _all_finite(model):
+        if not all_finite(models):
             raise NonFiniteLoss(f"the weights became non-finite before step {step}; the run stopped and keeps "
                                 "its earlier checkpoints. Lower --lr")
-        run.write_metrics(log.csv())  # rows for steps < step: written before the state that needs them
-        if model_checkpoint:
-            run.save_model(step, model)
-        run.save_state(step, {
-            "format": 1, "step": step, "n_skipped": n_skipped, "metrics_rows": len(log.host),
-            "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-            "generator": gen.get_state(), "torch_rng": torch.get_rng_state(),
-            "grad_filter": {} if grad_filter is None else grad_filter.state_dict(),
-        })
+        for k, (run, log) in enumerate(zip(runs, logs)):
+            run.write_metrics(log.csv())  # rows for steps < step: written before the state that needs them
+            weights = models.model_state(k)
+            if model_checkpoint:
+                run.save_model_state(step, weights)
+            run.save_state(step, {
+                "format": 1, "step": step, "n_skipped": n_skipped, "metrics_rows": len(log.host),
+                "model": weights, "optimizer": models.optimizer_state(optimizer, k),
+                "scheduler": scheduler.state_dict(), "generator": gens[k].get_state(),
+                "torch_rng": torch.get_rng_state(),
+                "grad_filter": {} if grad_filter is None else models.filter_state(grad_filter, k),
+            })
 
-    bar = tqdm(total=cfg.steps, initial=start, desc=task.name, disable=not progress, dynamic_ncols=True)
-    with stop_on_signals(enabled=run is not None) as stop, bar:
+    desc = task.name if K == 1 else f"{task.name} x{K}"
+    bar = tqdm(total=cfg.steps, initial=start, desc=desc, disable=not progress, dynamic_ncols=True)
+    with stop_on_signals(enabled=writing) as stop, bar:
         for step in range(start, cfg.steps):
             if step % cfg.checkpoint_every == 0 and not (resume and step == start):
                 save(step)
             if stop["signum"] is not None:
                 save(step, model_checkpoint=False)
                 name = signal.Signals(stop["signum"]).name
-                raise TrainingInterrupted(f"stopped by {name} at step {step}; a resumable checkpoint is saved",
-                                          stop["signum"], run.path)
+                saved = "a resumable checkpoint is saved" if K == 1 else \
+                    f"resumable checkpoints of all {K} seeds are saved (resume any of them to resume all)"
+                raise TrainingInterrupted(f"stopped by {name} at step {step}; {saved}", stop["signum"], runs[0].path)
             lr = scheduler.get_last_lr()[0]
-            batch, cases = data.next()
-            logits = forward(batch.tokens, positions=pred_pos)  # [batch, n_pred, d_vocab_out]
-            nll = -pred_log_probs(logits, batch.targets)  # [batch, n_pred] float64
-            loss = masked_mean(nll, batch.mask)
-            skip = cfg.skip_nonfinite and not bool(torch.isfinite(loss))  # a sync only when skipping is on
-            if skip:
-                n_skipped += 1
-            else:
-                loss.backward()
-            with torch.no_grad():
-                test_sums = None  # the test set, scored with the weights this step's loss used
+            drawn = [data.next() for data in datas]  # (batch, case masks) of each model
+            with torch.no_grad():  # the test set, scored with the weights this step's loss uses
+                tests = [None] * K
                 if has_test and step % cfg.test_every == 0:
-                    test_sums = score_sums(model, data.test, pred_pos)
-                if not skip:
-                    if grad_filter is not None:
-                        grad_filter.apply(model)
-                    optimizer.step()
+                    tests = [score_sums(lambda t, k=k: models.model(k)(t, positions=pred_pos), datas[k].test)
+                             for k in range(K)]
+            losses, nll, logits, skipped = train_step(models, stack_batches([b for b, _ in drawn]), pred_pos,
+                                                      optimizer, grad_filter, cfg.skip_nonfinite)
+            n_skipped += skipped
+            with torch.no_grad():
                 scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
                 if after_step is not None:
                     after_step(step)
-                row = metric_row(loss, nll, logits, batch, cases, test_sums, has_test, n_pred)
-                if world > 1:  # the log shows the mean over ranks, i.e. over the global batch
-                    torch.distributed.all_reduce(row)
-                    row /= world
-                log.append(step, lr, row)
+                for k, ((batch, cases), log) in enumerate(zip(drawn, logs)):
+                    row = metric_row(losses[k], nll[k], logits[k], batch, cases, tests[k], has_test, n_pred)
+                    if world > 1:  # the log shows the mean over ranks, i.e. over the global batch
+                        torch.distributed.all_reduce(row)
+                        row /= world
+                    log.append(step, lr, row)
             bar.update(1)
             if (step + 1) % FLUSH_EVERY == 0:
                 flush()
-                bar.set_postfix(loss=f"{log.host[-1, 2]:.4g}")
+                bar.set_postfix(loss=f"{np.mean([log.host[-1, 2] for log in logs]):.4g}")
         save(cfg.steps)
-    metrics = log.frame()
-    if run is not None:
-        atomic_write_json(run.path / "summary.json", summarize(metrics, cfg, n_skipped, time.time() - started, device))
-    return TrainResult(metrics, None if run is None else run.path, n_skipped, time.time() - started)
-
-
-# ---- whole runs -------------------------------------------------------------------------------
-
-def run_config(model_cfg: ModelConfig, task, train_cfg: TrainConfig) -> dict:
-    return {"model": model_cfg.to_dict(), "task": {"name": task.name, **task.options()},
-            "train": train_cfg.to_dict()}
-
-
-def start_run(model_cfg: ModelConfig, task, train_cfg: TrainConfig, run_dir, overwrite: bool = False,
-              device=None, progress: bool = True, plots: bool = True, insert: dict | None = None) -> TrainResult:
-    """Create the run folder (config.json), train, and draw the run's plots.
-
-    insert: start from a trained smaller run (grokmath.insert): the keyword arguments of
-    `inserter_from_run` after the model, e.g. {"run_dir": "runs/add", "mode": 2, "every": 100}.
-    """
-    from .model import Transformer
-
-    device = resolve_device(device)  # a bad device fails before the folder is touched
-    run = RunDir(run_dir)
-    model = Transformer(model_cfg).to(device)
-    config, after_step = run_config(model_cfg, task, train_cfg), None
-    if insert is not None:
-        from .insert import inserter_from_run
-
-        inserter = inserter_from_run(model, **insert)  # a small model that does not fit fails here
-        inserter.start()
-        config["insert"] = inserter.describe()
-        after_step = inserter.after_step if inserter.mode >= 2 else None
-    run.create(config, overwrite=overwrite)
-    result = train(model, task, train_cfg, run.path, device, progress=progress, after_step=after_step)
-    if plots:
-        from .plots import plot_run
-        plot_run(run.path)
-    return result
-
-
-def resume_run(run_dir, device=None, steps: int | None = None, progress: bool = True,
-               plots: bool = True, warn=print) -> TrainResult:
-    """Continue a run from its newest resumable checkpoint (optionally to a larger `steps`)."""
-    from .checkpoint import load_run
-
-    device = resolve_device(device)
-    loaded = load_run(run_dir, load_model=False)
-    train_cfg = loaded.train_cfg
-    done = max(RunDir(run_dir).state_steps(), default=0)
-    if steps is not None and steps != train_cfg.steps:
-        if steps < done:
-            raise ValueError(f"--steps {steps} is fewer than the {done} steps already done: give a larger number")
-        if train_cfg.schedule == "cosine":
-            raise ValueError("a cosine-schedule run cannot be extended (its schedule depends on --steps): "
-                             "start a new run with more --steps")
-        train_cfg = replace(train_cfg, steps=steps)
-        config = dict(loaded.config, train=train_cfg.to_dict())
-        atomic_write_json(RunDir(run_dir).config_path, config)
-    elif done >= train_cfg.steps:
-        raise ValueError(f"run {run_dir} already finished its {train_cfg.steps} steps: pass --steps N (more) "
-                         "to train it further")
-    from .model import Transformer
-
-    model, after_step = Transformer(loaded.model_cfg).to(device), None
-    insert = loaded.config.get("insert")
-    if insert and insert["mode"] >= 2:  # keep restoring the inserted model's parts
-        from .insert import inserter_from_run
-
-        after_step = inserter_from_run(model, **insert).after_step
-    result = train(model, loaded.task, train_cfg, run_dir, device, resume=True, progress=progress, warn=warn,
-                   after_step=after_step)
-    if plots:
-        from .plots import plot_run
-        plot_run(run_dir)
-    return result
+    seconds = time.time() - started
+    results = []
+    for run, log in zip(runs, logs):
+        metrics = log.frame()
+        if run is not None:
+            atomic_write_json(run.path / "summary.json", summarize(metrics, cfg, n_skipped, seconds, device))
+        results.append(TrainResult(metrics, None if run is None else run.path, n_skipped, seconds))
+    return results

@@ -160,8 +160,7 @@ class ShapeError(ValueError, AssertionError):
 
 def get_corner(tensor, n: int = 3):
     """The first n entries along every dimension (a FactoredMatrix or a tensor), for a quick look."""
-    from .factored_matrix import FactoredMatrix
-    if isinstance(tensor, FactoredMatrix):
+    if hasattr(tensor, "get_corner"):  # a FactoredMatrix (which imports this module)
         return tensor.get_corner(n)
     return tensor[tuple(slice(n) for _ in range(tensor.ndim))]
 

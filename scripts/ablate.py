@@ -44,7 +44,7 @@ def main(argv=None):
 
     from grokmath.analysis import ablation
     from grokmath.analysis.common import question_sampler
-    from grokmath.checkpoint import atomic_write_text, load_run
+    from grokmath.checkpoint import atomic_write_text, load_run, refuse_existing
     from grokmath.train import resolve_device
 
     device = resolve_device(args.device)
@@ -52,9 +52,7 @@ def main(argv=None):
     stem = run.path / "analysis" / f"ablation_{args.kind}_step{run.step:06d}"
     outputs = [stem.with_suffix(".csv"), Path(f"{stem}_heads.png")] + \
         ([Path(f"{stem}_positions.png")] if args.per_position else [])
-    existing = [str(p) for p in outputs if p.exists()]
-    if existing and not args.overwrite:
-        raise ValueError(f"{existing[0]} already exists: pass --overwrite to replace it")
+    refuse_existing(outputs, args.overwrite)
     cfg, task = run.model_cfg, run.task
     generator = torch.Generator(device=device).manual_seed(args.seed)
     batch = question_sampler(task).sample(args.questions, generator)

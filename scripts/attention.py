@@ -35,7 +35,7 @@ def main(argv=None):
 
     from grokmath.analysis.attention import plot_attention_grid
     from grokmath.analysis.common import question_sampler
-    from grokmath.checkpoint import load_run
+    from grokmath.checkpoint import load_run, refuse_existing
 
     run = load_run(args.run_dir, step=args.checkpoint)
     task = run.task
@@ -44,9 +44,7 @@ def main(argv=None):
     else:
         tokens = question_sampler(task).sample(args.questions, torch.Generator().manual_seed(args.seed)).tokens
     paths = [run.path / "analysis" / f"attention_step{run.step:06d}_{i}.png" for i in range(len(tokens))]
-    existing = [str(p) for p in paths if p.exists()]
-    if existing and not args.overwrite:
-        raise ValueError(f"{existing[0]} already exists: pass --overwrite to replace it")
+    refuse_existing(paths, args.overwrite)
     for row, path in zip(tokens, paths):
         plot_attention_grid(run.model, task, row, path)
         print(path)

@@ -16,14 +16,17 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import pandas as pd  # noqa: E402
+import torch  # noqa: E402
+
 from grokmath import cli  # noqa: E402
+from grokmath.bench import TASKS, bench_seeds, bench_task  # noqa: E402
+from grokmath.checkpoint import refuse_existing  # noqa: E402
+from grokmath.train import resolve_device  # noqa: E402
 
 
 def main(argv=None):
-    from grokmath.bench import TASKS, bench_seeds, bench_task
-    from grokmath.train import resolve_device
-
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tasks", nargs="+", choices=TASKS,
                         default=["addition", "skip_trigram", "induction", "modular"], help="set-ups to time")
     parser.add_argument("--quick", action="store_true", help="small models (seconds on a CPU) instead of the seed sizes")
@@ -35,8 +38,8 @@ def main(argv=None):
     parser.add_argument("--csv", default=None, help="write the measurements to this CSV file (must not exist)")
     args = parser.parse_args(argv)
     device = resolve_device(args.device)
-    if args.csv and Path(args.csv).exists():
-        raise ValueError(f"{args.csv} exists: choose another --csv path (nothing is overwritten)")
+    if args.csv:
+        refuse_existing(args.csv, overwrite=False, fix="choose another --csv path (nothing is overwritten)")
     machine = torch_info(device)
     print(f"machine: {machine}")
     if args.seeds:
@@ -44,16 +47,12 @@ def main(argv=None):
     else:
         rows = [bench_task(name, args.quick, device, args.steps, args.rounds) for name in args.tasks]
     if args.csv:
-        import pandas as pd
-
         Path(args.csv).parent.mkdir(parents=True, exist_ok=True)
         pd.DataFrame([{**row, "machine": machine} for row in rows]).to_csv(args.csv, index=False)
         print(f"wrote {args.csv}")
 
 
 def torch_info(device) -> str:
-    import torch
-
     if device.type == "cuda":
         return f"{torch.cuda.get_device_name(device)}, torch {torch.__version__}"
     return f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"

@@ -1,6 +1,6 @@
-"""Time the data generators: milliseconds per batch for every task at the seed notebooks' batch
-sizes (addition 64, arithmetic 64, skip_trigram 256, induction 128, modular 3830 = the full
-train set), with each task's default options, so they can be set beside a training step's time.
+"""Time the data generators: milliseconds per batch for every task's seed set-up (its task options
+and batch size, grokmath/experiments.py; a full-batch set-up's batch is its whole training set),
+so they can be set beside a training step's time.
 
 Example:
     python scripts/bench_data.py
@@ -14,8 +14,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
-from grokmath import cli  # noqa: E402
-from grokmath.tasks import SEED_BATCH_SIZES, TASKS, make_task, time_per_batch  # noqa: E402
+from grokmath import cli, experiments  # noqa: E402
+from grokmath.checkpoint import refuse_existing  # noqa: E402
+from grokmath.tasks import TASKS, time_per_batch  # noqa: E402
 
 
 def main(argv=None):
@@ -34,12 +35,13 @@ def main(argv=None):
         torch.set_num_threads(args.threads)
     if args.device != "cpu" and not (args.device.startswith("cuda") and torch.cuda.is_available()):
         raise ValueError(f"device {args.device!r} is not available here; use --device cpu")
-    if args.csv is not None and args.csv.exists():
-        raise ValueError(f"{args.csv} already exists; choose a new --csv path")
+    if args.csv is not None:
+        refuse_existing(args.csv, overwrite=False, fix="choose a new --csv path")
     rows = []
     for name in args.tasks:
-        batch_size = args.batch_size or SEED_BATCH_SIZES[name]
-        seconds = time_per_batch(make_task(name), batch_size, args.n_batches, device=args.device)
+        batch_size = args.batch_size or experiments.seed_batch_size(name)
+        task = experiments.experiment_configs(name)[0]  # the seed set-up's task
+        seconds = time_per_batch(task, batch_size, args.n_batches, device=args.device)
         rows.append((name, batch_size, 1e3 * seconds, batch_size / seconds))
     print(f"{'task':<14}{'batch':>7}{'ms/batch':>11}{'examples/s':>14}   "
           f"({args.device}, {torch.get_num_threads()} CPU threads)")

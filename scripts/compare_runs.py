@@ -15,6 +15,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from grokmath import cli  # noqa: E402
+from grokmath.checkpoint import refuse_existing  # noqa: E402
 from grokmath.plots import write_compare  # noqa: E402
 
 
@@ -40,9 +41,8 @@ def build_parser():
 def main(argv=None):
     args = build_parser().parse_args(argv)
     out = Path(args.out)
-    taken = [p for p in (out.with_suffix(".png"), out.with_suffix(".csv")) if p.exists()]
-    if taken and not args.overwrite:
-        raise ValueError(f"{taken[0]} exists: pass --overwrite to replace it, or choose another --out")
+    refuse_existing([out.with_suffix(".png"), out.with_suffix(".csv")], args.overwrite,
+                    "pass --overwrite to replace it, or choose another --out")
     png, csv, summary = write_compare(args.run_dirs, args.out, label_by=args.label_by, window=args.window,
                                       first_steps=args.first_steps, last=args.last, thresholds=args.thresholds)
     print(summary.to_string(index=False))

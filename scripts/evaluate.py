@@ -38,14 +38,13 @@ def build_parser():
 def main(argv=None):
     args = build_parser().parse_args(argv)
     from grokmath.analysis.evaluate import evaluate, format_report
-    from grokmath.checkpoint import atomic_write_json, load_run
+    from grokmath.checkpoint import atomic_write_json, load_run, refuse_existing
     from grokmath.train import resolve_device
 
     device = resolve_device(args.device)
     run = load_run(args.run_dir, step=args.checkpoint, device=device)
     path = run.path / "analysis" / f"evaluate_step{run.step:06d}_n{args.questions}_seed{args.seed}.json"
-    if path.exists() and not args.overwrite:
-        raise ValueError(f"{path} already exists: pass --overwrite to replace it")
+    refuse_existing(path, args.overwrite)
     report = evaluate(run.model, run.task, args.questions, batch_size=args.batch_size, seed=args.seed,
                       device=device, max_failures=args.max_failures, progress=not args.no_progress)
     report.update(run_dir=str(run.path), step=run.step)

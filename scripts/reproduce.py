@@ -1,6 +1,6 @@
 """Reproduce the seed experiments and collect their figures into a gallery.
 
-Runs each named experiment with its defaults (those of scripts/train_<name>.py), draws its plots
+Runs each named experiment with its defaults (grokmath/experiments.py, as scripts/train_<name>.py), draws its plots
 (and, for modular addition, the progress measures), copies the figures into <out>/gallery/ and
 rewrites <out>/gallery/README.md, which says what each figure shows and should look like.
 Run folders are <out>/<name> (<out>/<name>_quick with --quick). The full modular run is p=113 for
@@ -17,13 +17,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from grokmath import cli  # noqa: E402
-from grokmath.gallery import EXPERIMENTS  # noqa: E402
+from grokmath.gallery import GALLERY, reproduce  # noqa: E402
 
 
 def main(argv=None):
     parser = cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("experiments", nargs="+", choices=[*EXPERIMENTS, "all"], metavar="EXPERIMENT",
-                        help=f"one or more of {', '.join(EXPERIMENTS)}, or all")
+    parser.add_argument("experiments", nargs="+", choices=[*GALLERY, "all"], metavar="EXPERIMENT",
+                        help=f"one or more of {', '.join(GALLERY)}, or all")
     parser.add_argument("--quick", action="store_true", help="small versions that finish on a CPU in minutes")
     parser.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)  # a few steps each, for tests
     parser.add_argument("--device", default=None,
@@ -35,8 +35,6 @@ def main(argv=None):
     if args.quick and args.tiny:
         parser.error("--quick and --tiny cannot be combined")
     scale = "tiny" if args.tiny else "quick" if args.quick else "full"
-
-    from grokmath.gallery import reproduce
 
     index = reproduce(args.experiments, args.out, scale, args.device, args.overwrite, not args.no_progress)
     print(f"gallery: {index}")

@@ -1,10 +1,7 @@
 """Train a transformer on signed integer arithmetic (the 'accurate integer mathematics' notebook).
 
 Questions like 133357+182243=+0315600 or 123450-345670=-0222220, with the op mix of --ops.
-Defaults are the notebook's: 6 digits, 80% subtraction / 20% addition batches, enriched data,
-2 layers, 3 heads, d_model 510 (d_head 170), d_mlp 2040, LayerNorm, attention and unembedding
-biases, batch 64, AdamW lr 8e-5, weight decay 0.1, 20% linear warm-up from 1% then cosine decay
-to 0, 40000 steps (the notebook's Config), seed 372001.
+Defaults are the notebook's Config (grokmath/experiments.py, listed below).
 
 Example:
     python scripts/train_arithmetic.py --digits 6 --ops sub=80,add=20
@@ -15,23 +12,20 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from grokmath import cli  # noqa: E402
-
-DEFAULTS = dict(digits=6, ops="sub=80,add=20", steps=40000, seed=372001, batch_size=64, lr=8e-5,
-                weight_decay=0.1, schedule="cosine", d_model=510, n_layers=2, n_heads=3,
-                checkpoint_every=5000, test_every=1)
+from grokmath import cli, experiments  # noqa: E402
 
 
 def build_parser():
-    parser = cli.training_parser(__doc__, DEFAULTS)
+    defaults = experiments.flag_defaults("arithmetic")
+    parser = cli.training_parser(__doc__, "arithmetic")
     parser.add_argument("--digits", type=cli.positive_int, default=None,
-                        help=f"digits in each operand (default: {DEFAULTS['digits']})")
+                        help=f"digits in each operand (default: {defaults['digits']})")
     parser.add_argument("--ops", type=cli.percentages, default=None,
                         help=f"percentage of batches per op, from add, sub, mul, summing to 100 "
-                        f"(default: {DEFAULTS['ops']})")
+                        f"(default: {cli.shown(defaults['ops'])})")
     parser.add_argument("--enrich", action=cli.argparse.BooleanOptionalAction, default=None,
                         help="the notebook's enrichment: more carry/borrow cascades and negative answers "
-                        "(default: on, as the notebook)")
+                        f"(default: {'on' if defaults['enrich'] else 'off'})")
     parser.add_argument("--insert-from", metavar="RUN_DIR", default=None,
                         help="start from this trained smaller arithmetic run (the notebook's model insertion): its "
                         "heads go into the right-most heads, its MLPs into the first d_mlp units of the first "
@@ -65,16 +59,11 @@ def insert_settings(args) -> dict | None:
 
 
 def main(argv=None):
-    parser = build_parser()
-    args = cli.parse(parser, argv)
-    ops = cli.percentages(args.ops) if isinstance(args.ops, str) else args.ops
-    enrich = True if args.enrich is None else args.enrich
-    mix = "".join(f"{op}{share:g}" for op, share in ops.items())
+    args = cli.parse(build_parser(), argv)
+    mix = "".join(f"{op}{share:g}" for op, share in args.ops.items())
     insert = insert_settings(args)
     prefix = "" if insert is None else f"ins{insert['mode']}_"
-    cli.run_training(args, "arithmetic", {"n_digits": args.digits, "ops": ops, "enrich": enrich},
-                     dict(act_fn="relu", normalization="LN", positional="learned", attn_bias=True,
-                          unembed_bias=True),
+    cli.run_training(args, {"n_digits": args.digits, "ops": args.ops, "enrich": args.enrich},
                      run_name=f"{prefix}arithmetic_{args.digits}d_{mix}_s{args.seed}", insert=insert)
 
 

@@ -6,7 +6,8 @@ import pytest
 
 from grokmath.checkpoint import RunDir
 from grokmath.tasks import make_task
-from grokmath.train import TrainConfig, run_config
+from grokmath.checkpoint import run_config
+from grokmath.config import TrainConfig
 
 from analysis_helpers import tiny_model, trained_addition
 from script_helpers import load_script

@@ -1,14 +1,11 @@
 """The fast training path against the straightforward one, and the benchmark script."""
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
 from grokmath.bench import bench_task, check_same_losses
+from grokmath.cli import main_guard
 
-ROOT = Path(__file__).resolve().parents[1]
+from script_helpers import load_script
 
 
 @pytest.mark.parametrize("name", ["addition", "skip_trigram", "induction", "modular", "arithmetic"])
@@ -26,10 +23,12 @@ def test_bench_measures_everything():
         assert out[key] == out[key] and out[key] != 0, key  # measured: finite and nonzero
 
 
-def test_bench_script_refuses_existing_csv(tmp_path):
+def test_bench_script_refuses_existing_csv(tmp_path, capsys):
     existing = tmp_path / "bench.csv"
     existing.write_text("keep me")
-    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench.py"), "--quick", "--tasks", "skip_trigram",
-                           "--steps", "1", "--rounds", "1", "--csv", str(existing)], capture_output=True, text=True)
-    assert proc.returncode == 2 and "exists" in proc.stderr and "Traceback" not in proc.stderr
+    with pytest.raises(SystemExit) as stop:
+        main_guard(load_script("bench").main, ["--quick", "--tasks", "skip_trigram", "--steps", "1", "--rounds", "1",
+                                               "--csv", str(existing)])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and "exists" in err and "Traceback" not in err
     assert existing.read_text() == "keep me"

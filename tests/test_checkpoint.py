@@ -10,7 +10,8 @@ from grokmath.checkpoint import (CheckpointError, RunDir, atomic_torch_save, ato
                                  load_state_dict_checked, safe_load)
 from grokmath.model import Transformer
 from grokmath.tasks import make_task
-from grokmath.train import TrainConfig, model_config_for, start_run
+from grokmath.config import ModelConfig, TrainConfig, model_config_for
+from grokmath.run import start_run
 
 
 @pytest.fixture(scope="module")
@@ -110,3 +111,72 @@ def test_existing_run_is_replaced_only_with_overwrite(small_run, tmp_path):
     run.create({"model": {}, "task": {"name": "b"}, "train": {}}, overwrite=True)
     assert json.loads(run.config_path.read_text())["task"]["name"] == "b"
     assert not (run.path / "metrics.csv").exists()
+
+
+def test_a_run_folder_in_the_format_of_the_first_release_loads_and_resumes(tmp_path):
+    """A run folder written file by file here, as grokmath wrote them before the loop was shared by
+    stacked seeds (config.json, metrics.csv, checkpoints/model_*.pt and state_*.pt with their keys),
+    by a plain AdamW loop: load_run reads it, and --resume continues it as the plain loop does."""
+    import torch.nn.functional as F
+
+    from grokmath.run import resume_run
+
+    path = tmp_path / "addition_2d_s3"
+    (path / "checkpoints").mkdir(parents=True)
+    config = {
+        "model": {"n_layers": 1, "d_model": 16, "n_heads": 2, "d_head": 8, "d_mlp": 64, "d_vocab": 12,
+                  "d_vocab_out": 10, "n_ctx": 9, "act_fn": "relu", "normalization": None, "attn_only": False,
+                  "positional": "learned", "attn_bias": False, "mlp_bias": True, "unembed_bias": False,
+                  "ln_eps": 1e-05, "seed": 3},
+        "task": {"name": "addition", "n_digits": 2},
+        "train": {"steps": 20, "batch_size": 16, "lr": 0.003, "weight_decay": 0.1, "betas": [0.9, 0.98],
+                  "schedule": "warmup", "warmup": 10, "data": "infinite", "n_train": None, "n_test": None,
+                  "test_every": 1, "checkpoint_every": 10, "seed": 3, "grokfast": None, "grokfast_alpha": 0.98,
+                  "grokfast_lamb": None, "grokfast_window": 100, "skip_nonfinite": False}}
+    (path / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    task = make_task("addition", n_digits=2)
+    model = Transformer(ModelConfig.from_dict(config["model"]))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.003, weight_decay=0.1, betas=(0.9, 0.98), fused=True)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(step / 10, 1.0))
+    gen = torch.Generator().manual_seed(3)
+    rows = []
+
+    def plain_step(step):
+        batch = task.sample(16, gen)
+        lr = scheduler.get_last_lr()[0]
+        logits = model(batch.tokens, positions=task.pred_pos).to(torch.float64)  # [batch, n_pred, vocab]
+        nll = F.cross_entropy(logits.transpose(1, 2), batch.targets, reduction="none")  # [batch, n_pred]
+        nll.mean().backward()
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad()
+        return [step, lr, nll.mean().item()]
+
+    torch.save({k: v.clone() for k, v in model.state_dict().items()}, path / "checkpoints" / "model_000000.pt")
+    rows = [plain_step(step) for step in range(10)]
+    torch.save({k: v.clone() for k, v in model.state_dict().items()}, path / "checkpoints" / "model_000010.pt")
+    torch.save({"format": 1, "step": 10, "n_skipped": 0, "metrics_rows": 10,
+                "model": {k: v.clone() for k, v in model.state_dict().items()},
+                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "generator": gen.get_state(), "torch_rng": torch.get_rng_state(), "grad_filter": {}},
+               path / "checkpoints" / "state_000010.pt")
+    columns = ["step", "lr", "train_loss", "test_loss", "train_acc", "loss_A2", "loss_A1", "loss_A0",
+               "case_BaseAdd", "case_UseCarry1", "case_UseSum9"]
+    columns += [f"case_{c}/{d}" for c in ("BaseAdd", "UseCarry1", "UseSum9") for d in ("A2", "A1", "A0")]
+    table = pd.DataFrame([r + [float("nan"), 0.5] + [1.0] * (len(columns) - 5) for r in rows], columns=columns)
+    table.to_csv(path / "metrics.csv", index=False)
+
+    run = load_run(path)
+    assert run.step == 10 and run.steps == [0, 10] and run.train_cfg.steps == 20 and run.task.n_digits == 2
+    assert all(torch.equal(run.model.state_dict()[k], v) for k, v in model.state_dict().items())
+    result = resume_run(path, device="cpu", progress=False, plots=False)
+    rows += [plain_step(step) for step in range(10, 20)]  # the plain loop, continued
+    metrics = pd.read_csv(path / "metrics.csv")
+    assert list(metrics.columns) == columns and list(metrics["step"]) == list(range(20))
+    pd.testing.assert_frame_equal(metrics.iloc[:10], table, check_dtype=False)  # the old rows are kept
+    assert metrics["lr"].tolist() == pytest.approx([r[1] for r in rows], rel=1e-12)
+    assert metrics["train_loss"].tolist() == pytest.approx([r[2] for r in rows], rel=1e-5)
+    final = load_run(path).model
+    for name, tensor in model.state_dict().items():
+        torch.testing.assert_close(final.state_dict()[name], tensor)
+    assert result.run_dir == path

@@ -1,5 +1,5 @@
-"""The gallery: its experiments use the training scripts' defaults, and reproduce (at the tiny
-scale) trains every experiment, collects the figures and writes an index that shows each one."""
+"""The gallery: reproduce (at the tiny scale) trains every experiment, collects the figures and
+writes an index that shows each one. (That its set-ups are grokmath/experiments.py's: test_experiments.py.)"""
 import re
 
 import pytest
@@ -8,24 +8,6 @@ from grokmath import gallery
 from grokmath.cli import main_guard
 
 from script_helpers import load_script
-
-
-# names in the scripts' DEFAULTS that are not ModelConfig / TrainConfig / task option names
-ALIASES = {"digits": "n_digits"}
-
-
-@pytest.mark.parametrize("name", list(gallery.EXPERIMENTS))
-def test_full_scale_is_the_training_script_defaults(name):
-    defaults = load_script(f"train_{name}").DEFAULTS
-    task, model_cfg, train_cfg = gallery.experiment_configs(name, "full")
-    settings = {**task.options(), **model_cfg.to_dict(), **train_cfg.to_dict()}
-    for key, value in defaults.items():
-        if key == "beta2":
-            assert train_cfg.betas[1] == value
-        elif key == "seed":  # the scripts seed both the model and the data with --seed
-            assert model_cfg.seed == value and train_cfg.seed == value
-        else:
-            assert settings[ALIASES.get(key, key)] == value, key
 
 
 def test_unknown_experiment_or_scale_is_refused():
@@ -40,7 +22,7 @@ def test_reproduce_all_at_tiny_scale_fills_the_gallery(tmp_path):
     assert index == tmp_path / "gallery" / "README.md"
     text = index.read_text()
     shown = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text)
-    for name in gallery.EXPERIMENTS:
+    for name in gallery.GALLERY:
         assert (tmp_path / f"{name}_tiny" / "config.json").is_file()
         assert any(s.startswith(name + "_") for s in shown), name
     for figure in shown:  # every figure linked is there, and every figure there is linked

@@ -159,7 +159,8 @@ def test_modes_2_and_3_restore_their_parts_every_n_steps(mode):
 def test_inserter_from_a_trained_run_folder(tmp_path):
     """A 2-digit addition run in the arithmetic layout started inside a wider mixed add/sub model."""
     from grokmath.tasks import make_task
-    from grokmath.train import TrainConfig, model_config_for, start_run
+    from grokmath.config import TrainConfig, model_config_for
+    from grokmath.run import start_run
 
     task = make_task("arithmetic", n_digits=2, ops={"add": 100})
     small_cfg = model_config_for(task, n_layers=1, d_model=16, n_heads=2, d_mlp=32, normalization="LN")

@@ -1,19 +1,17 @@
-"""Data-parallel training (torchrun, gloo, 2 CPU processes) and many seeds stacked in one process,
-each checked against an independent emulation or single runs."""
+"""Data-parallel training (torchrun, gloo, 2 CPU processes), checked against a one-process
+emulation of the same global batches. (Stacked seeds: test_multiseed.py.)"""
 import subprocess
 import sys
-from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
-import pytest
 import torch
 
 from grokmath import Transformer
 from grokmath.losses import pred_log_probs
-from grokmath.multiseed import train_seeds
 from grokmath.tasks import make_task
-from grokmath.train import TrainConfig, lr_factor, model_config_for, rank_seed, train
+from grokmath.config import TrainConfig, model_config_for
+from grokmath.train import lr_factor, rank_seed
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -60,32 +58,3 @@ def test_torchrun_refuses_full_batch_runs(tmp_path):
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240)
     assert proc.returncode != 0 and "infinite data" in proc.stderr
     assert not any(tmp_path.iterdir())
-
-
-@pytest.mark.parametrize("name, options, model, train_settings", [
-    ("skip_trigram", {}, dict(n_layers=1, d_model=16, n_heads=1, d_head=8, attn_only=True), dict(batch_size=64)),
-    ("modular", {"p": 13}, dict(d_model=16, n_heads=2, d_mlp=32), dict(batch_size=None, data="full", weight_decay=1.0)),
-    ("addition", {"n_digits": 2}, dict(d_model=16, n_heads=2, normalization="LN"), dict(batch_size=32)),
-])
-def test_stacked_seeds_equal_single_runs(name, options, model, train_settings):
-    task = make_task(name, **options)
-    model_cfg = model_config_for(task, **model, seed=0)
-    cfg = TrainConfig(steps=8, lr=3e-3, checkpoint_every=100, **train_settings)
-    seeds = [3, 11, 12]
-    stacked = train_seeds(model_cfg, task, cfg, seeds, progress=False)
-    for seed, result in zip(seeds, stacked):
-        single = train(Transformer(replace(model_cfg, seed=seed)), task, replace(cfg, seed=seed), progress=False)
-        pd.testing.assert_frame_equal(result.metrics, single.metrics, atol=1e-6, rtol=1e-5)
-    assert stacked[0].metrics["train_loss"].iloc[-1] != stacked[1].metrics["train_loss"].iloc[-1]
-
-
-def test_seeds_flag_writes_one_run_folder_per_seed(tmp_path):
-    cmd = [sys.executable, str(ROOT / "scripts" / "train_skip_trigram.py"), "--seeds", "1", "2", "--steps", "3",
-           "--d-model", "16", "--out", str(tmp_path), "--no-progress", "--no-plots"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    names = sorted(p.name for p in tmp_path.iterdir())
-    assert names == ["skip_trigram_s1", "skip_trigram_s2"]
-    for run in tmp_path.iterdir():
-        assert len(pd.read_csv(run / "metrics.csv")) == 3
-        assert (run / "checkpoints" / "model_000003.pt").exists()

@@ -15,7 +15,9 @@ from grokmath import cli
 from grokmath.checkpoint import CheckpointError, RunDir, load_run, safe_load
 from grokmath.model import Transformer
 from grokmath.tasks import make_task
-from grokmath.train import TrainConfig, TrainingInterrupted, model_config_for, resume_run, start_run, train
+from grokmath.config import TrainConfig, model_config_for
+from grokmath.run import resume_run, start_run
+from grokmath.train import NonFiniteLoss, TrainingInterrupted, train
 
 from script_helpers import load_script
 
@@ -47,14 +49,13 @@ def wait_for_state(proc, run: RunDir, after: int, timeout=60.0) -> None:
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
-    """An uninterrupted run of the settings every kill test uses."""
+    """An uninterrupted run of the settings every kill test uses (in-process: the same code path)."""
     out = tmp_path_factory.mktemp("ref")
-    done = run_script([*SMALL, "--out", str(out), "--run-name", "ref"])
-    assert done.returncode == 0, done.stderr
+    load_script("train_addition").main([*SMALL, "--out", str(out), "--run-name", "ref"])
     return pd.read_csv(out / "ref" / "metrics.csv")
 
 
-def test_sigkill_then_resume_is_bit_identical(reference, tmp_path):
+def test_sigkill_then_resume_is_bit_identical(reference, tmp_path, capsys):
     run = RunDir(tmp_path / "killed")
     proc = start_script([*SMALL, "--out", str(tmp_path), "--run-name", "killed"])
     wait_for_state(proc, run, after=0)
@@ -65,8 +66,7 @@ def test_sigkill_then_resume_is_bit_identical(reference, tmp_path):
     newest = max(run.state_steps())
     assert newest < 300
     assert pd.read_csv(run.metrics_path)["step"].iloc[:newest].tolist() == list(range(newest))
-    done = run_script(["--resume", str(run.path), "--no-progress", "--no-plots"])
-    assert done.returncode == 0, done.stderr
+    load_script("train_addition").main(["--resume", str(run.path), "--no-progress", "--no-plots"])
     resumed = pd.read_csv(run.metrics_path)
     pd.testing.assert_frame_equal(resumed, reference, check_exact=True)
 
@@ -190,8 +190,6 @@ def test_checkpoint_with_pickled_code_is_refused_not_run(tmp_path):
 
 
 def test_nonfinite_run_keeps_its_last_good_checkpoint(tmp_path):
-    from grokmath.train import NonFiniteLoss
-
     task, model_cfg, cfg = small_setup()
     run = RunDir(tmp_path / "r")
     run.create({"model": model_cfg.to_dict(), "task": {"name": "addition", "n_digits": 2}, "train": cfg.to_dict()})
@@ -268,6 +266,26 @@ def test_resume_errors(capsys, tmp_path):
     expect_exit_2(capsys, "train_modular", ["--resume", str(tmp_path / "mod"), "--lr", "0.1"],
                   "--lr cannot be combined with --resume")
     expect_exit_2(capsys, "train_modular", ["--resume", str(tmp_path / "mod")], "already finished its 2 steps")
+
+
+def test_resume_takes_the_command_retyped_and_names_the_flags_that_differ(capsys, tmp_path):
+    command = ["--p", "5", "--d-model", "8", "--n-heads", "2", "--steps", "4", "--lr", "0.003", "--device", "cpu",
+               "--out", str(tmp_path), "--no-progress", "--no-plots", "--checkpoint-every", "2"]
+    run = tmp_path / "modular_add_p5_s0"
+    load_script("train_modular").main(command)
+    capsys.readouterr()
+    # the same command with --resume: the flags equal the saved settings, so it gets as far as resuming
+    expect_exit_2(capsys, "train_modular", [*command, "--resume", str(run)], "already finished its 4 steps")
+    # flags that differ are named, with the saved values; nothing is touched
+    err = expect_exit_2(capsys, "train_modular", [*command, "--steps", "6", "--lr", "0.1", "--p", "7", "--resume",
+                                                  str(run)], "--lr, --p cannot be combined with --resume")
+    assert "lr 0.003, given 0.1" in err and "p 5, given 7" in err
+    assert len(pd.read_csv(run / "metrics.csv")) == 4
+    expect_exit_2(capsys, "train_modular", [*command, "--overwrite", "--resume", str(run)], "give one of them")
+    # --steps may differ: it extends the run
+    load_script("train_modular").main([*command, "--steps", "6", "--resume", str(run)])
+    assert len(pd.read_csv(run / "metrics.csv")) == 6
+    capsys.readouterr()
 
 
 def test_existing_run_is_left_untouched_without_overwrite(capsys, tmp_path):

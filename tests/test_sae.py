@@ -17,7 +17,8 @@ from grokmath.analysis.sae import (SAEConfig, SparseAutoencoder, TensorSource, e
 from grokmath.analysis.sae_run import ModelSource, feature_stats, spliced_losses
 from grokmath.model import Transformer
 from grokmath.tasks import make_task
-from grokmath.train import TrainConfig, model_config_for, start_run
+from grokmath.config import TrainConfig, model_config_for
+from grokmath.run import start_run
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "train_sae.py"
 

@@ -5,7 +5,7 @@ from dataclasses import replace
 
 import pytest
 
-from grokmath.gallery import experiment_configs
+from grokmath.experiments import experiment_configs
 from grokmath.metrics import phase_change_steps
 from grokmath.model import Transformer
 from grokmath.train import train

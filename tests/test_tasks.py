@@ -5,7 +5,8 @@ import re
 import pytest
 import torch
 
-from grokmath.tasks import SEED_BATCH_SIZES, TASKS, Batch, make_task, time_per_batch
+from grokmath.experiments import EXPERIMENTS, seed_batch_size
+from grokmath.tasks import TASKS, Batch, make_task, time_per_batch
 from grokmath.tasks.addition import MAX_DIGITS as ADD_MAX
 from grokmath.tasks.arithmetic import MAX_DIGITS as ARITH_MAX
 
@@ -587,7 +588,8 @@ def test_bad_sampling_arguments():
 
 
 def test_every_task_has_the_interface_and_a_benchmark_size():
-    assert set(SEED_BATCH_SIZES) == set(TASKS)
+    assert set(EXPERIMENTS) == set(TASKS)  # every task has a seed set-up, with its batch size
+    assert seed_batch_size("modular") == int(0.3 * 113 ** 2)  # full batch: the whole training set
     for name in TASKS:
         task = make_task(name)
         batch = task.sample(4, gen(0))

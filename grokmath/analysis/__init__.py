@@ -8,5 +8,5 @@
 - evaluate: accuracy over many questions in nines, per case, with the failing questions
 - fourier: digit and mod-p Fourier bases and projections of the model onto them
 - sae, sae_run: sparse autoencoders on activations
-- common, plots: shared scoring, batched variants, heatmaps
+- common, plots: answer-position logits and their score (grokmath.losses), batched variants, heatmaps
 """

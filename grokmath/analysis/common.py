@@ -1,5 +1,6 @@
-"""Pieces the analysis modules share: scoring logits at a task's answer positions, and running
-many edited copies of one batch in a single forward pass.
+"""Pieces the analysis modules share: the answer-position logits and their score (the one scoring
+path, grokmath.losses.score), question batches with the task's op mix, and running many edited
+copies of one batch in a single forward pass.
 
 `run_variants` is how ablation and patching stay cheap: K variants of an experiment (each a set
 of edits to activations) run as one forward on the batch repeated K times, the k-th copy edited
@@ -12,7 +13,8 @@ from typing import Callable
 
 import torch
 
-from grokmath.losses import masked_mean, pred_log_probs
+from grokmath.losses import score  # noqa: F401 (the one scoring function; analysis modules take it from here)
+from grokmath.tasks import make_task
 
 # An edit: (hook name, fn(activation_slice) -> replacement of that slice), applied to one copy.
 Edit = tuple[str, Callable[[torch.Tensor], torch.Tensor]]
@@ -26,7 +28,6 @@ def question_sampler(task):
     """The task drawing each question's op on its own (arithmetic with op_per_batch=False), so one
     large analysis batch holds the task's op mix rather than a single op; other tasks unchanged."""
     if getattr(task, "op_per_batch", False):
-        from grokmath.tasks import make_task
         return make_task(task.name, **{**task.options(), "op_per_batch": False})
     return task
 
@@ -34,22 +35,6 @@ def question_sampler(task):
 def answer_logits(logits: torch.Tensor, task) -> torch.Tensor:
     """Logits at every position [batch, pos, vocab] -> at the scored positions [batch, n_pred, vocab]."""
     return logits[:, task.pred_pos.to(logits.device)]
-
-
-def score(pred_logits: torch.Tensor, batch) -> dict[str, torch.Tensor]:
-    """Loss and accuracy of logits at the answer positions [batch, n_pred, vocab] against batch.targets.
-
-    Returns float64 tensors: 'loss' and 'acc' (scalars over the scored entries), 'loss_pos' and
-    'acc_pos' ([n_pred], masked means over the batch) and 'seq_acc' (all of a row's scored
-    predictions right). The log-softmax is float64 (grokmath.losses).
-    """
-    nll = -pred_log_probs(pred_logits, batch.targets)  # [batch, n_pred]
-    right = (pred_logits.argmax(-1) == batch.targets).to(torch.float64)
-    mask = batch.mask
-    all_right = (right.bool() | ~mask) if mask is not None else right.bool()
-    return {"loss": masked_mean(nll, mask), "acc": masked_mean(right, mask),
-            "loss_pos": masked_mean(nll, mask, dim=0), "acc_pos": masked_mean(right, mask, dim=0),
-            "seq_acc": all_right.all(-1).to(torch.float64).mean()}
 
 
 @torch.no_grad()

@@ -13,9 +13,9 @@ Nines: with `wrong` of `n` questions wrong, `nines` is the largest k with wrong 
 most one wrong in a million), 10 wrong is 5 (accuracy 0.99999). With none wrong it is the largest
 k with 10**k <= n, a lower bound, written '>= k' in `nines_text`.
 
-Case classes come from the batch metadata: addition S0..Sn (the carry-cascade class, `cascade`);
-arithmetic 'add S<k>', 'sub M<k>' (borrow class, answer >= 0), 'sub N<k>' (negative answers)
-and 'mul', plus 'sub negative' / 'sub non-negative' totals.
+Case classes are the task's own (`task.question_classes`): addition S0..Sn (the carry-cascade
+class); arithmetic 'add S<k>', 'sub M<k>' (borrow class, answer >= 0), 'sub N<k>' (negative
+answers) and 'mul'.
 """
 from __future__ import annotations
 
@@ -24,6 +24,8 @@ import time
 import torch
 from tqdm.auto import tqdm
 
+from ..config import check_whole
+from ..losses import correct
 from .common import model_device, question_sampler
 
 
@@ -58,20 +60,11 @@ def greedy_answers(model, task, questions: torch.Tensor) -> torch.Tensor:
 
 
 def case_names(task, meta: dict) -> list[str]:
-    """The case class of each question of a batch (see the module doc)."""
-    cascade = meta["cascade"].tolist()
-    if task.name == "addition":
-        return [f"S{c}" for c in cascade]
-    names = []
-    for op, c, negative in zip(meta["op"].tolist(), cascade, meta["negative"].tolist()):
-        op_name = task.op_names[op]
-        if op_name == "add":
-            names.append(f"add S{c}")
-        elif op_name == "sub":
-            names.append(f"sub {'N' if negative else 'M'}{c}")
-        else:
-            names.append(op_name)
-    return names
+    """The case class of each question of a batch (the task's question_classes, see the module doc)."""
+    classes = task.question_classes(meta)
+    names = list(classes)
+    index = torch.stack(list(classes.values())).to(torch.int64).argmax(0)  # [batch] the one class each is in
+    return [names[i] for i in index.tolist()]
 
 
 def evaluate(model, task, n_questions: int = 1_000_000, batch_size: int = 8192, seed: int = 0,
@@ -85,10 +78,8 @@ def evaluate(model, task, n_questions: int = 1_000_000, batch_size: int = 8192, 
     model_answer, model_answer_tokens, wrong_digits), seconds.
     """
     _check_task(task)
-    if isinstance(n_questions, bool) or not isinstance(n_questions, int) or n_questions < 1:
-        raise ValueError(f"n_questions must be a whole number >= 1, got {n_questions!r}")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a whole number >= 1, got {batch_size!r}")
+    check_whole("n_questions", n_questions, 1)
+    check_whole("batch_size", batch_size, 1)
     device = model_device(model) if device is None else torch.device(device)
     model = model.to(device)
     was_training = model.training
@@ -102,7 +93,7 @@ def evaluate(model, task, n_questions: int = 1_000_000, batch_size: int = 8192, 
     n_pred = len(task.pred_labels)
     digit_wrong = torch.zeros(n_pred, dtype=torch.int64)
     wrong = 0
-    cases: dict[str, list[int]] = {}
+    cases: dict[str, list[int]] = {}  # class -> [questions, wrong], in the task's order of classes
     failures = []
     start = time.perf_counter()
     bar = tqdm(total=n_questions, unit="q", unit_scale=True, disable=not progress, desc="evaluate")
@@ -113,14 +104,17 @@ def evaluate(model, task, n_questions: int = 1_000_000, batch_size: int = 8192, 
             batch = sampler.sample(size, generator).to(device)
             with torch.inference_mode():
                 logits = model(batch.tokens, positions=pred_pos)  # [batch, n_pred, vocab]
-            right = logits.argmax(-1) == batch.targets  # [batch, n_pred]
+            right = correct(logits, batch.targets)  # [batch, n_pred]
             question_right = right.all(-1)  # [batch]
             digit_wrong += (~right).sum(0).cpu()
             wrong += int((~question_right).sum())
-            for name, ok in zip(case_names(task, batch.meta), question_right.tolist()):
-                counts = cases.setdefault(name, [0, 0])
-                counts[0] += 1
-                counts[1] += not ok
+            classes = task.question_classes(batch.meta)  # name -> [batch] bool
+            members = torch.stack(list(classes.values()))  # [n_classes, batch]
+            counts = torch.stack([members.sum(1), (members & ~question_right).sum(1)], 1).tolist()
+            for name, (n, n_wrong) in zip(classes, counts):
+                total = cases.setdefault(name, [0, 0])
+                total[0] += n
+                total[1] += n_wrong
             if len(failures) < max_failures and not bool(question_right.all()):
                 failing = (~question_right).nonzero()[:, 0][:max_failures - len(failures)]
                 failures.extend(_describe_failures(model, task, batch, failing, right))
@@ -138,18 +132,10 @@ def evaluate(model, task, n_questions: int = 1_000_000, batch_size: int = 8192, 
         "digit_accuracy": 1 - int(digit_wrong.sum()) / (n_questions * n_pred),
         "question_accuracy": 1 - wrong / n_questions, "wrong": wrong,
         "nines": nines, "nines_lower_bound": lower, "nines_text": f"{'>= ' if lower else ''}{nines}",
-        "cases": {name: {"n": n, "wrong": w, "accuracy": 1 - w / n}
-                  for name, (n, w) in sorted(cases.items(), key=_case_order)},
+        "cases": {name: {"n": n, "wrong": w, "accuracy": 1 - w / n} for name, (n, w) in cases.items() if n},
         "failures": failures, "failures_listed": len(failures),
         "seconds": time.perf_counter() - start,
     }
-
-
-def _case_order(item):
-    name = item[0]
-    head, _, tail = name.rpartition(" ")
-    digits = "".join(c for c in tail if c.isdigit())
-    return (head, tail.rstrip("0123456789"), int(digits) if digits else -1)
 
 
 def _describe_failures(model, task, batch, rows: torch.Tensor, right: torch.Tensor) -> list[dict]:

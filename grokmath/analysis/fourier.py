@@ -19,6 +19,7 @@ import math
 
 import torch
 
+from ..tasks.arithmetic import OP_TOKENS
 from .common import model_device
 
 
@@ -131,7 +132,6 @@ def input_grid(model, task, hook_name: str | None, position: int | None = None, 
         if task.name == "addition":
             batch = task.from_digits(x, y)
         else:
-            from grokmath.tasks.arithmetic import OP_TOKENS
             batch = task.from_digits(x, y, torch.full((x.shape[0],), OP_TOKENS[op]))
         batch = batch.to(device)
         if position is None:  # the logit position predicting answer digit A{place}

@@ -7,7 +7,6 @@ use a diverging colour map centred on zero.
 """
 from __future__ import annotations
 
-import math
 import os
 import sys
 
@@ -93,8 +92,3 @@ def save_bars(values, labels, path, title: str = "", ylabel: str = ""):
     ax.set_title(title)
     ax.set_ylabel(ylabel)
     return save_figure(fig, path)
-
-
-def grid_shape(n: int) -> tuple[int, int]:
-    cols = math.ceil(math.sqrt(n))
-    return math.ceil(n / cols), cols

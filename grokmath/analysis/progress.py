@@ -40,6 +40,10 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from ..checkpoint import atomic_write_json, atomic_write_text, load_run
+from ..plots import save_figure  # sets matplotlib's Agg backend before pyplot loads
+import matplotlib.pyplot as plt  # noqa: E402,I001
+from ..train import TrainData
 from .fourier import embedding_fourier, frequency_norms, modular_fourier_basis, neuron_fourier
 
 # ---- small numerical pieces -------------------------------------------------------------------
@@ -238,8 +242,6 @@ def measures(model, task, is_train: torch.Tensor, key_freqs) -> dict:
 
 def train_mask(run) -> torch.Tensor:
     """[p*p] bool: the pairs the run trained on, rebuilt with the training loop's own split code."""
-    from grokmath.train import TrainData
-
     gen = torch.Generator().manual_seed(run.train_cfg.seed)
     data = TrainData(run.task, run.train_cfg, gen, "cpu", [])
     p = run.task.p
@@ -251,8 +253,6 @@ def train_mask(run) -> torch.Tensor:
 def progress_measures(run_dir, key_freqs=None, every: int = 1, progress: bool = True):
     """(table, key_freqs): the measures at every `every`-th checkpoint of the run (and the last).
     key_freqs=None finds them from the newest checkpoint."""
-    from grokmath.checkpoint import load_run
-
     run = load_run(run_dir, load_model=False)
     _modular_p(run.task)
     if run.train_cfg.data != "full":
@@ -319,10 +319,6 @@ def _shade_phases(ax, phases: dict, start: int, label: bool = False) -> None:
 def plot_progress(table: pd.DataFrame, phases: dict, key_freqs, path, title: str = "Progress measures"):
     """The paper-style figure: train/test loss with the phases shaded, then the restricted and
     excluded losses, the Gini coefficients and the sum of squared weights beneath."""
-    import matplotlib.pyplot as plt
-
-    from grokmath.plots import save_figure
-
     step = table["step"]
     start = int(step.iloc[0])
     fig, axes = plt.subplots(4, 1, figsize=(9, 12), sharex=True, layout="constrained")
@@ -360,10 +356,6 @@ def plot_progress(table: pd.DataFrame, phases: dict, key_freqs, path, title: str
 
 def plot_fourier(model, task, key_freqs, path, title: str = "Fourier components of the trained model"):
     """Per-frequency norms of W_E and W_L, and the neurons' dominant frequencies, key ones marked."""
-    import matplotlib.pyplot as plt
-
-    from grokmath.plots import save_figure
-
     p = _modular_p(task)
     norms = fourier_component_norms(model, task)
     freq, share = neuron_frequencies(last_layer_neurons_fourier(model, task))
@@ -386,8 +378,6 @@ def plot_fourier(model, task, key_freqs, path, title: str = "Fourier components 
 def write_progress(run_dir, every: int = 1, key_freqs=None, progress: bool = True, **phase_options) -> dict:
     """Compute the measures and write progress_measures.csv / .json / .png and fourier.png into the
     run folder (replacing earlier ones). Returns {'table', 'key_freqs', 'phases', 'paths'}."""
-    from grokmath.checkpoint import atomic_write_json, atomic_write_text, load_run
-
     table, key_freqs = progress_measures(run_dir, key_freqs, every, progress)
     phases = detect_phases(table, **phase_options)
     run = load_run(run_dir, load_model=False)

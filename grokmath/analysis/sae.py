@@ -24,7 +24,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
-from dataclasses import asdict, dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -34,56 +34,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from ..config import from_dict
+from ..checkpoint import atomic_torch_save, atomic_write_json, load_state_dict_checked, safe_load
+from ..config import SAEConfig
 
 EPS = 1e-8  # the clamp of the KL penalty's probabilities
 MAX_SPARSITY_PENALTY = 1e3
 METRICS = ("loss", "mse", "sparsity_penalty", "l1_penalty", "sparsity", "features_used", "score")
-
-
-@dataclass(frozen=True)
-class SAEConfig:
-    d_sae: int = 64  # dictionary size (the notebook's encoding_dim)
-    lr: float = 1e-3
-    sparsity_target: float = 0.05  # the wished-for mean activation of each feature
-    sparsity_weight: float = 1e-3  # weight of the KL sparsity penalty
-    l1_weight: float = 1e-4  # weight of the L1 penalty on feature activations
-    epochs: int = 10
-    patience: int = 2  # epochs without improvement before stopping
-    min_delta: float = 1e-4  # a smaller loss improvement does not count (the notebook's threshold)
-    batch_size: int = 1024  # rows per step for TensorSource (a model source steps once per question batch)
-    max_grad_norm: float = 1.0
-    seed: int = 0  # the SAE's initialisation and the shuffling of a TensorSource
-
-    def __post_init__(self):
-        def fail(name, fix):
-            raise ValueError(f"SAE setting {name}={getattr(self, name)!r} is out of range: {fix}")
-
-        for name in ("d_sae", "epochs", "batch_size"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                fail(name, "use a whole number >= 1")
-        for name in ("patience", "seed"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                fail(name, "use a whole number >= 0")
-        for name in ("lr", "max_grad_norm"):
-            value = getattr(self, name)
-            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
-                fail(name, "use a number > 0")
-        if not (isinstance(self.sparsity_target, (int, float)) and 0 < self.sparsity_target < 1):
-            fail("sparsity_target", "use a fraction between 0 and 1, e.g. 0.05")
-        for name in ("sparsity_weight", "l1_weight", "min_delta"):
-            value = getattr(self, name)
-            if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
-                fail(name, "use a number >= 0")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "SAEConfig":
-        return from_dict(cls, d)
 
 
 class SparseAutoencoder(nn.Module):
@@ -272,8 +228,6 @@ def grid_search(train_source: Iterable, eval_source: Iterable, grid: dict, base:
 
 def save_sae(folder, sae: SparseAutoencoder, cfg: SAEConfig, extra: dict | None = None) -> None:
     """`sae.pt` (state dict) and `sae_config.json` (d_in, the settings and `extra`) in `folder`."""
-    from ..checkpoint import atomic_torch_save, atomic_write_json
-
     folder = Path(folder)
     atomic_torch_save({k: v.detach().cpu() for k, v in sae.state_dict().items()}, folder / "sae.pt")
     atomic_write_json(folder / "sae_config.json", {"d_in": sae.d_in, "sae": cfg.to_dict(), **(extra or {})})
@@ -281,8 +235,6 @@ def save_sae(folder, sae: SparseAutoencoder, cfg: SAEConfig, extra: dict | None 
 
 def load_sae(folder, device="cpu"):
     """(sae, cfg, config dict) from a folder written by save_sae."""
-    from ..checkpoint import load_state_dict_checked, safe_load
-
     folder = Path(folder)
     path = folder / "sae_config.json"
     if not path.is_file():

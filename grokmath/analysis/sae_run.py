@@ -14,7 +14,7 @@ with the activation zeroed; `loss_recovered` = (zero - spliced) / (zero - clean)
 
 `feature_stats` says, per feature, how often it fires (> 0) overall, at each answer position
 (A5 .. A0, sign) and in each case class: the task's `case_masks` (BaseAdd / UseCarry1 / UseSum9,
-or one per op) and the question classes of its `cascade` metadata (S0.., M0.., N1..).
+or one per op) and its `question_classes` (S0.., or 'add S0', 'sub M1', 'sub N1', 'mul').
 """
 from __future__ import annotations
 
@@ -27,7 +27,9 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from ..losses import pred_log_probs
+from ..checkpoint import atomic_write_json, atomic_write_text, load_run, refuse_existing
+from ..losses import score_sums
+from ..tasks import make_task
 from ..plots import save_figure  # sets matplotlib's Agg backend before pyplot loads
 import matplotlib.pyplot as plt  # noqa: E402,I001
 from .sae import (GRID_FIELDS, SAEConfig, evaluate_sae, format_report, grid_search, save_sae)
@@ -148,11 +150,8 @@ def spliced_losses(source: ModelSource, sae) -> dict:
     for batch in source.questions():
         for kind in sums:
             hooks = [] if kind == "clean" else [(source.hook, patch(kind))]
-            logits = model.run_with_hooks(batch.tokens, fwd_hooks=hooks)[:, pred_pos]  # [batch, n_pred, vocab]
-            nll = -pred_log_probs(logits, batch.targets)  # [batch, n_pred] float64
-            right = (logits.argmax(-1) == batch.targets).double()
-            weight = torch.ones_like(nll) if batch.mask is None else batch.mask.double()
-            parts = (torch.where(weight > 0, nll, 0).sum(), (right * weight).sum(), weight.sum())
+            forward = lambda tokens: model.run_with_hooks(tokens, fwd_hooks=hooks)[:, pred_pos]  # noqa: E731
+            parts = [part.sum() for part in score_sums(forward, batch, chunk=len(batch))]  # nll, right, count
             sums[kind] = [a + b.item() for a, b in zip(sums[kind], parts)]
     out = {}
     for kind, (nll, right, count) in sums.items():
@@ -165,25 +164,6 @@ def spliced_losses(source: ModelSource, sae) -> dict:
 
 
 # ---- what each feature fires on -------------------------------------------------------------
-
-def question_classes(batch) -> dict[str, torch.Tensor]:
-    """Question classes from the `cascade` metadata: S<k> for addition, M<k> / N<k> for subtraction
-    (answer >= 0 / < 0), as Quirke's question complexity; {} where a task has no such metadata."""
-    meta = batch.meta
-    if "cascade" not in meta:
-        return {}
-    cascade = meta["cascade"]
-    if "op" not in meta:  # the addition task
-        return {f"S{k}": cascade == k for k in cascade.unique().tolist()}
-    classes = {}
-    for k in cascade.unique().tolist():
-        for name, picked in ((f"S{k}", meta["op"] == 10), (f"M{k}", (meta["op"] == 11) & ~meta["negative"]),
-                             (f"N{k}", (meta["op"] == 11) & meta["negative"])):
-            chosen = picked & (cascade == k)
-            if bool(chosen.any()):
-                classes[name] = chosen
-    return classes
-
 
 @torch.no_grad()
 def feature_stats(source: ModelSource, sae) -> pd.DataFrame:
@@ -210,7 +190,8 @@ def feature_stats(source: ModelSource, sae) -> pd.DataFrame:
             by_label[label] += on[:, i].sum(0)
         on_answer = on[:, [i for _, i in answer]]  # [batch, n_pred, d_sae]
         cases = {k: v.cpu() for k, v in task.case_masks(batch).items()}
-        cases.update({k: v.cpu()[:, None].expand(-1, len(answer)) for k, v in question_classes(batch).items()})
+        classes = task.question_classes(batch.meta)  # the task's names of whole-question classes
+        cases.update({k: v.cpu()[:, None].expand(-1, len(answer)) for k, v in classes.items()})
         for name, mask in cases.items():
             weight = mask.double()  # [batch, n_pred]
             by_case[name] = by_case.get(name, 0) + torch.einsum("bp,bpf->f", weight, on_answer)
@@ -218,14 +199,10 @@ def feature_stats(source: ModelSource, sae) -> pd.DataFrame:
     table = {"feature": np.arange(sae.d_sae), "freq": (fired / n_rows).numpy(), "mean_act": (act_sum / n_rows).numpy()}
     if full:
         table.update({f"freq_{label}": (v / n_questions).numpy() for label, v in by_label.items()})
-    for name in sorted(by_case, key=_class_order):
-        table[f"freq_case_{name}"] = (by_case[name] / case_count[name]).numpy()
+    for name in by_case:  # the task's cases, then its question classes, in the task's order
+        if case_count[name]:
+            table[f"freq_case_{name}"] = (by_case[name] / case_count[name]).numpy()
     return pd.DataFrame(table)
-
-
-def _class_order(name: str):
-    head = name.rstrip("0123456789")
-    return (len(head) == 1 and name[1:].isdigit(), head, int(name[len(head):] or 0))
 
 
 # ---- plots --------------------------------------------------------------------------------------
@@ -268,8 +245,7 @@ def plot_feature_heatmap(stats: pd.DataFrame, prefix: str, path, title: str, max
 def check_out_dir(out: Path, overwrite: bool) -> None:
     """Refuse (before any work) an existing folder unless overwrite, and never replace a non-SAE folder."""
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        if not overwrite:
-            raise ValueError(f"{out} already exists: pass --overwrite to replace it or --name to choose another folder")
+        refuse_existing(out, overwrite, "pass --overwrite to replace it or --name to choose another folder")
         if not (out / "sae_config.json").is_file():
             raise ValueError(f"{out} exists and is not an SAE folder (no sae_config.json): choose another --name")
 
@@ -289,9 +265,6 @@ def train_sae_on_run(run_dir, hook: str = "blocks.0.mlp.hook_post", grid: dict |
                      device="cpu", log=tqdm.write, progress: bool = True) -> dict:
     """Train (or grid-search) an SAE on `hook` of the run's model, write it and its report into
     RUN_DIR/sae/<name> and return the report."""
-    from ..checkpoint import atomic_write_json, atomic_write_text, load_run
-    from ..tasks import make_task
-
     run = load_run(run_dir, step=step, device=device)
     task = run.task
     if enrich is not None:
@@ -348,5 +321,5 @@ def _finite(obj):
     return obj
 
 
-__all__ = ["ModelSource", "check_hook", "select_positions", "spliced_losses", "feature_stats", "question_classes",
+__all__ = ["ModelSource", "check_hook", "select_positions", "spliced_losses", "feature_stats",
            "plot_feature_frequency", "plot_feature_heatmap", "train_sae_on_run", "POSITIONS", "GRID_FIELDS"]

@@ -3,7 +3,8 @@
 Each task says its vocabulary (d_vocab, d_vocab_out, token_names), context (n_ctx) and the logit
 positions it scores (pred_pos, pred_labels), and makes seeded batches: `task.sample(batch_size,
 generator)` for infinite data, `task.split(n_train, generator)` for a fixed train set and a
-disjoint test set. `time_per_batch` times sampling, for the benchmark script.
+disjoint test set. `time_per_batch` times sampling, for the benchmark script. The seed
+experiments' task options and batch sizes are in grokmath/experiments.py.
 """
 from __future__ import annotations
 
@@ -21,10 +22,6 @@ from .skip_trigram import SkipTrigramTask
 
 TASKS: dict[str, type[Task]] = {task.name: task for task in
                                 (AdditionTask, ArithmeticTask, SkipTrigramTask, InductionTask, ModularTask)}
-
-# The batch sizes the seed notebooks train with (modular: the full train set, int(0.3 * 113**2)).
-SEED_BATCH_SIZES = {"addition": 64, "arithmetic": 64, "skip_trigram": 256, "induction": 128,
-                    "modular": 3830}
 
 
 def make_task(name: str, **options) -> Task:
@@ -53,5 +50,5 @@ def time_per_batch(task: Task, batch_size: int, n_batches: int = 20, seed: int =
     return (time.perf_counter() - start) / n_batches
 
 
-__all__ = ["Batch", "Task", "TASKS", "SEED_BATCH_SIZES", "make_task", "time_per_batch", "AdditionTask",
+__all__ = ["Batch", "Task", "TASKS", "make_task", "time_per_batch", "AdditionTask",
            "ArithmeticTask", "SkipTrigramTask", "InductionTask", "ModularTask"]

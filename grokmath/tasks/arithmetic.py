@@ -197,6 +197,23 @@ class ArithmeticTask(Task):
         n_pred = len(self.pred_labels)
         return {op: (batch.meta["op"] == OP_TOKENS[op])[:, None].expand(-1, n_pred) for op in self.ops}
 
+    def question_classes(self, meta: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Each question's class, per op in the mix: 'add S<k>' (carry class), 'sub M<k>' (borrow
+        class, answer >= 0), 'sub N<k>' (borrow class, answer < 0) and 'mul'; masks [batch] bool."""
+        op, cascade, negative = meta["op"], meta["cascade"], meta["negative"]
+        classes = {}
+        for name in self.ops:
+            picked = op == OP_TOKENS[name]
+            if name == "add":
+                classes.update({f"add S{k}": picked & (cascade == k) for k in range(self.n_digits + 1)})
+            elif name == "sub":
+                for sign, kind in (("M", ~negative), ("N", negative)):
+                    classes.update({f"sub {sign}{k}": picked & kind & (cascade == k)
+                                    for k in range(self.n_digits + 1)})
+            else:
+                classes[name] = picked
+        return classes
+
     def answer_from_tokens(self, tokens: torch.Tensor) -> list[int | None]:
         """The signed answers as Python ints from full rows or answer tokens alone; None where malformed."""
         answers = []

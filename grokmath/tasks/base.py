@@ -9,10 +9,11 @@ not in the sequence. A per-example `mask` says which predictions count where tha
 """
 from __future__ import annotations
 
-import numbers
 from dataclasses import dataclass, field, replace
 
 import torch
+
+from ..config import check_whole as check_int  # noqa: F401 (the task files' name for it)
 
 
 @dataclass
@@ -70,6 +71,19 @@ class Task:
         """Named bool masks [batch, n_pred] for per-case losses; {} where a task has none."""
         return {}
 
+    def question_classes(self, meta: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The class of each whole question, as named bool masks [batch] that partition the batch
+        (every possible class, in a fixed order, empty ones included); {} where a task has none.
+
+        Here: a task whose metadata has a `cascade` (addition) gets its carry classes S0..S<n>,
+        Quirke's question complexity; arithmetic names its classes per op (arithmetic.py).
+        These names are the ones evaluation, the SAE's feature tables and plots use.
+        """
+        if "cascade" not in meta:
+            return {}
+        cascade = meta["cascade"]
+        return {f"S{k}": cascade == k for k in range(self.n_digits + 1)}
+
     def encode(self, texts: list[str]) -> torch.Tensor:
         raise NotImplementedError
 
@@ -78,16 +92,6 @@ class Task:
 
 
 # ---- small helpers shared by the task files -------------------------------------------------
-
-
-def check_int(name: str, value, low: int, high: int | None = None) -> int:
-    """`value` as an int in [low, high], else a one-line ValueError naming the option."""
-    span = f"from {low} to {high}" if high is not None else f">= {low}"
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise ValueError(f"{name} must be an integer {span}, got {value!r}")
-    if value < low or (high is not None and value > high):
-        raise ValueError(f"{name} must be an integer {span}, got {value}")
-    return int(value)
 
 
 def check_generator(generator) -> torch.Generator:

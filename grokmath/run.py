@@ -1,0 +1,173 @@
+"""Whole runs, above the training loop: make the run folders, train, draw the plots; resume.
+
+- `start_run(model_cfg, task, train_cfg, run_dir)`: one run (optionally started from a trained
+  smaller run: `insert`, grokmath.insert), then its plots.
+- `start_seed_runs(model_cfg, task, train_cfg, seeds, run_dirs)`: one run per seed, trained stacked
+  in one process (grokmath.multiseed) by the same loop; each folder is what a single run with that
+  seed writes, plus `group.json` naming the group's folders.
+- `start_data_parallel(...)`: one run under torchrun (DistributedDataParallel; rank 0 writes).
+- `resume_runs(run_dir)`: continue a run from its newest resumable state, or, when the folder
+  holds a `group.json`, its whole --seeds group, from the newest step every run of the group has
+  (a kill between two runs' checkpoints falls back to the step before). A group member that is
+  missing is named; to resume the others one at a time, delete group.json in each of them (each
+  folder is a single run's). `--steps N` extends every run of the group.
+Every check that can fail runs before a folder is made or replaced (grokmath.checkpoint.prepare_runs).
+"""
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from .checkpoint import RunDir, atomic_write_json, load_run, prepare_runs, run_config
+from .config import ModelConfig, TrainConfig
+from .insert import inserter_from_run
+from .model import Transformer
+from .plots import plot_run
+from .train import TrainResult, check_data_parallel, check_stackable, resolve_device, train, train_seeds
+
+
+def start_run(model_cfg: ModelConfig, task, train_cfg: TrainConfig, run_dir, overwrite: bool = False,
+              device=None, progress: bool = True, plots: bool = True, insert: dict | None = None) -> TrainResult:
+    """Create the run folder (config.json), train, and draw the run's plots.
+
+    insert: start from a trained smaller run (grokmath.insert): the keyword arguments of
+    `inserter_from_run` after the model, e.g. {"run_dir": "runs/add", "mode": 2, "every": 100}.
+    """
+    device = resolve_device(device)  # a bad device fails before the folder is touched
+    model = Transformer(model_cfg).to(device)
+    config, after_step = run_config(model_cfg, task, train_cfg), None
+    if insert is not None:
+        inserter = inserter_from_run(model, **insert)  # a small model that does not fit fails here
+        inserter.start()
+        config["insert"] = inserter.describe()
+        after_step = inserter.after_step if inserter.mode >= 2 else None
+    prepare_runs([run_dir], [config], overwrite)
+    result = train(model, task, train_cfg, run_dir, device, progress=progress, after_step=after_step)
+    if plots:
+        plot_run(run_dir)
+    return result
+
+
+def seed_run_dirs(run_dir, seed: int, seeds: list[int]) -> list[Path]:
+    """The folders of a --seeds group: run_dir's name with its `_s<seed>` ending set to each seed."""
+    run_dir = Path(run_dir)
+    base = run_dir.name.removesuffix(f"_s{seed}")
+    return [run_dir.with_name(f"{base}_s{s}") for s in seeds]
+
+
+def start_seed_runs(model_cfg: ModelConfig, task, train_cfg: TrainConfig, seeds: list[int], run_dirs,
+                    overwrite: bool = False, device=None, progress: bool = True,
+                    plots: bool = True) -> list[TrainResult]:
+    """Create one run folder per seed (as single runs would, plus group.json), train them together
+    in the one loop, draw each one's plots."""
+    device = resolve_device(device)
+    check_stackable(train_cfg, seeds)
+    configs = [run_config(replace(model_cfg, seed=s), task, replace(train_cfg, seed=s)) for s in seeds]
+    prepare_runs(run_dirs, configs, overwrite)
+    results = train_seeds(model_cfg, task, train_cfg, seeds, run_dirs, device, progress=progress)
+    if plots:
+        for run_dir in run_dirs:
+            plot_run(run_dir)
+    return results
+
+
+def start_data_parallel(model_cfg: ModelConfig, task, train_cfg: TrainConfig, run_dir, local_rank: int,
+                        world: int, overwrite: bool = False, device=None, progress: bool = True,
+                        plots: bool = True) -> TrainResult | None:
+    """Under torchrun: DistributedDataParallel over the processes (gloo on CPU, nccl on GPU); rank 0
+    writes the run folder and returns its result, every rank trains on its share of each global batch."""
+    check_data_parallel(train_cfg, world, resume=False)  # every rank fails alike, before any collective
+    RunDir(run_dir).check_replaceable(overwrite)
+    device = resolve_device(device)
+    if device.type == "cuda":
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    try:
+        if dist.get_rank() == 0:
+            return start_run(model_cfg, task, train_cfg, run_dir, overwrite=overwrite, device=device,
+                             progress=progress, plots=plots)
+        train(Transformer(model_cfg), task, train_cfg, None, device, progress=False)
+        return None
+    finally:
+        dist.destroy_process_group()
+
+
+# ---- resuming ---------------------------------------------------------------------------------
+
+def group_of(run_dir) -> list[Path]:
+    """The run folders resumed together with run_dir: its --seeds group, or itself alone."""
+    run = RunDir(run_dir)
+    run.check_is_run()
+    members = run.read_group()
+    if members is None:
+        return [run.path]
+    if run.path.resolve() not in [m.resolve() for m in members]:
+        raise ValueError(f"{run.path / 'group.json'} does not list {run.path.name}: it was copied from another "
+                         "run; delete it to resume this run alone")
+    for member in members:
+        if not RunDir(member).is_run():
+            raise ValueError(f"{run.path} was trained stacked with {', '.join(m.name for m in members)} (its "
+                             f"group.json), but {member} is missing or not a run folder: restore it to resume the "
+                             "group, or delete group.json in each remaining folder to resume them one at a time")
+    return members
+
+
+def _without_seed(config: dict) -> dict:
+    return {"model": {**config["model"], "seed": None}, "task": config["task"],
+            "train": {**config["train"], "seed": None}}
+
+
+def resume_runs(run_dir, device=None, steps: int | None = None, progress: bool = True, plots: bool = True,
+                warn=print) -> list[TrainResult]:
+    """Continue a run (or its whole --seeds group) from its newest resumable checkpoint, optionally
+    to a larger `steps`; returns one result per run, in the group's order."""
+    device = resolve_device(device)
+    members = group_of(run_dir)
+    loaded = [load_run(m, load_model=False) for m in members]
+    first = loaded[0]
+    for other in loaded[1:]:
+        if _without_seed(other.config) != _without_seed(first.config) or "insert" in other.config:
+            raise ValueError(f"{other.path} and {first.path} are one --seeds group (group.json) but differ in "
+                             "settings other than the seed: resume them one at a time (delete group.json in each)")
+    train_cfg = first.train_cfg
+    done = max(set.intersection(*(set(RunDir(m).state_steps()) for m in members)), default=0)
+    if steps is not None and steps != train_cfg.steps:
+        if steps < done:
+            raise ValueError(f"--steps {steps} is fewer than the {done} steps already done: give a larger number")
+        if train_cfg.schedule == "cosine":
+            raise ValueError("a cosine-schedule run cannot be extended (its schedule depends on --steps): "
+                             "start a new run with more --steps")
+        train_cfg = replace(train_cfg, steps=steps)
+        for run in loaded:
+            atomic_write_json(RunDir(run.path).config_path, dict(run.config, train=replace(
+                run.train_cfg, steps=steps).to_dict()))
+    elif done >= train_cfg.steps:
+        raise ValueError(f"run {run_dir} already finished its {train_cfg.steps} steps: pass --steps N (more) "
+                         "to train it further")
+    if len(members) > 1:
+        seeds = [run.train_cfg.seed for run in loaded]
+        results = train_seeds(first.model_cfg, first.task, train_cfg, seeds, members, device, resume=True,
+                              progress=progress, warn=warn)
+    else:
+        model, after_step = Transformer(first.model_cfg).to(device), None
+        insert = first.config.get("insert")
+        if insert and insert["mode"] >= 2:  # keep restoring the inserted model's parts
+            after_step = inserter_from_run(model, **insert).after_step
+        results = [train(model, first.task, train_cfg, members[0], device, resume=True, progress=progress,
+                         warn=warn, after_step=after_step)]
+    if plots:
+        for member in members:
+            plot_run(member)
+    return results
+
+
+def resume_run(run_dir, device=None, steps: int | None = None, progress: bool = True, plots: bool = True,
+               warn=print) -> TrainResult:
+    """resume_runs, returning the result of run_dir itself (its group, if any, is resumed too)."""
+    members = [m.resolve() for m in group_of(run_dir)]
+    results = resume_runs(run_dir, device, steps, progress, plots, warn)
+    return results[members.index(Path(run_dir).resolve())]

@@ -1,0 +1,45 @@
+"""grokmath's modules import one another without a circle, and no import inside a function hides
+one (scripts/import_graph.py reads the source; here it also shows it finds circles)."""
+from script_helpers import load_script
+
+graph_tool = load_script("import_graph")
+
+
+def test_grokmath_has_no_import_circle():
+    graph, inner = graph_tool.import_graph("grokmath")
+    assert "grokmath.train" in graph and "grokmath.checkpoint" in graph["grokmath.train"]
+    assert graph_tool.cycles(graph) == []
+    assert graph_tool.hidden_cycles(graph, inner) == []
+    # the loop knows nothing of orchestration, plots or argparse
+    assert not graph["grokmath.train"] & {"grokmath.run", "grokmath.plots", "grokmath.insert", "grokmath.cli"}
+
+
+def test_the_tool_finds_circles_open_and_hidden(tmp_path):
+    pkg = tmp_path / "pkg"
+    (pkg / "sub").mkdir(parents=True)
+    (pkg / "__init__.py").write_text("from .a import f\n")
+    (pkg / "a.py").write_text("from .b import g\n\ndef f():\n    return g()\n")
+    (pkg / "b.py").write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from .a import f\n\ndef g():\n    return 1\n")
+    (pkg / "c.py").write_text("def h():\n    from pkg.sub import d\n    return d\n")
+    (pkg / "sub" / "__init__.py").write_text("")
+    (pkg / "sub" / "d.py").write_text("from .. import c\n")
+    graph, inner = graph_tool.import_graph("pkg", tmp_path)
+    assert graph["pkg.sub.d"] == {"pkg.c"} and graph["pkg"] == {"pkg.a"}
+    assert inner["pkg.c"] == [("pkg.sub.d", 2, "h")]  # `from pkg.sub import d` imports the module pkg.sub.d
+    assert graph_tool.cycles(graph) == [["pkg.a", "pkg.b"]]  # through TYPE_CHECKING: still a circle
+    assert graph_tool.hidden_cycles(graph, inner) == [["pkg.c", "pkg.sub.d"]]
+    assert graph_tool.main(["--package", "pkg", "--root", str(tmp_path), "--quiet"]) == 1
+    (pkg / "b.py").write_text("def g():\n    return 1\n")
+    (pkg / "c.py").write_text("def h():\n    import json\n    return json\n")  # a lazy import closing no circle
+    graph, inner = graph_tool.import_graph("pkg", tmp_path)
+    assert graph_tool.cycles(graph) == graph_tool.hidden_cycles(graph, inner) == []
+    assert graph_tool.main(["--package", "pkg", "--root", str(tmp_path), "--quiet"]) == 0
+
+
+def test_the_readme_layout_names_every_module():
+    readme = (graph_tool.ROOT / "README.md").read_text()
+    layout = readme[readme.index("## Layout"):]
+    layout = layout[:layout.index("```", layout.index("```") + 3)]
+    files = [p for p in (graph_tool.ROOT / "grokmath").rglob("*.py") if p.name != "__init__.py"]
+    missing = [str(p.relative_to(graph_tool.ROOT)) for p in files if p.name not in layout]
+    assert not missing, f"README's Layout section does not name {missing}"
