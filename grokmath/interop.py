@@ -29,6 +29,7 @@ _HARMLESS = {"model_name", "device", "n_devices", "init_weights", "init_mode", "
              "use_attn_result", "use_split_qkv_input", "use_hook_mlp_in", "use_attn_in",
              "use_hook_tokens", "n_params", "dtype"}
 _BUFFERS = ("attn.IGNORE", "attn.mask")
+_SWITCHES = ("use_attn_result", "use_split_qkv_input", "use_hook_mlp_in", "use_attn_in")
 
 
 def _unsupported(field, value, why):
@@ -74,6 +75,9 @@ def load_tlens_state_dict(state_dict: dict, tl_config: dict) -> Transformer:
     if missing or unexpected:
         raise ValueError(f"state dict does not fit the config: missing {missing[:5]}, unexpected {unexpected[:5]}; "
                          "check that tl_config is the one the weights were trained with")
+    for switch in _SWITCHES:  # the optional hook points the TransformerLens model had switched on
+        if tl_config.get(switch):
+            getattr(model, f"set_{switch}")(True)
     return model
 
 

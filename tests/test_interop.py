@@ -80,3 +80,17 @@ def test_unsupported_fields_are_named():
             load_tlens_state_dict(ref["state_dict"], {**ref["config"], field: value})
     with pytest.raises(ValueError, match="does not fit"):
         load_tlens_state_dict(ref["state_dict"], {**ref["config"], "n_layers": 1})
+
+
+def test_tlens_config_switches_turn_on_the_same_hook_points():
+    data = torch.load(FIXTURE, weights_only=True)
+    config = dict(data["config"], use_attn_result=True, use_split_qkv_input=True)
+    model = load_tlens_state_dict(data["state_dict"], config)
+    _, cache = model.run_with_cache(data["tokens"])
+    assert "blocks.0.attn.hook_result" in cache and "blocks.1.hook_q_input" in cache
+    plain = load_tlens_state_dict(data["state_dict"], data["config"])
+    _, plain_cache = plain.run_with_cache(data["tokens"])
+    assert "blocks.0.attn.hook_result" not in plain_cache
+    # the head results add up to attn_out minus b_O, as TransformerLens's do
+    attn_out = cache["attn_out", 0] - model.blocks[0].attn.b_O
+    assert torch.allclose(cache["result", 0].sum(-2), attn_out, atol=1e-5)
