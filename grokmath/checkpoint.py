@@ -32,6 +32,7 @@ rebuilds config, metrics and model, and names the file and what is wrong when on
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import pickle
@@ -560,10 +561,21 @@ class RunDir:
         if not path.is_file():
             raise ValueError(f"{path} is not a file: {fix}")
         try:
-            metrics = pd.read_csv(path, **_EXACT_FLOATS)
-        except pd.errors.EmptyDataError:
-            raise ValueError(f"{path} is empty (not even its header): {fix}") from None
-        except (pd.errors.ParserError, UnicodeDecodeError, ValueError, OSError) as e:
+            text = path.read_text()
+        except UnicodeDecodeError:
+            raise ValueError(f"{path} is not text (binary bytes): {fix}") from None
+        if not text.strip():
+            raise ValueError(f"{path} is empty (not even its header): {fix}")
+        lines = text.splitlines()
+        width = lines[0].count(",")
+        short = next((i for i, line in enumerate(lines) if line.count(",") != width), None)
+        if not text.endswith("\n") or short is not None:  # grokmath writes whole rows, each ending in a newline
+            row = len(lines) - 1 if short is None else short
+            raise ValueError(f"{path} is truncated or damaged: line {row + 1} is cut off or has another number of "
+                             f"fields than the header; {fix}")
+        try:
+            metrics = pd.read_csv(io.StringIO(text), **_EXACT_FLOATS)
+        except (pd.errors.ParserError, pd.errors.EmptyDataError, ValueError) as e:
             raise ValueError(f"{path} is not a readable CSV table ({str(e).splitlines()[0]}): {fix}") from None
         missing = [c for c in ("step", "train_loss") if c not in metrics.columns]
         if missing:
@@ -608,6 +620,14 @@ class RunDir:
             raise CheckpointError(f"checkpoint {path} is damaged: its 'model' is not a dict of tensors")
         return state
 
+    def check_checkpoint_files(self) -> None:
+        """Refuse a folder in checkpoints/ named like a checkpoint: a run writing there would fail later."""
+        if self.checkpoint_dir.is_dir():
+            for path in sorted(self.checkpoint_dir.iterdir()):
+                if (_MODEL_RE.match(path.name) or _STATE_RE.match(path.name)) and not path.is_file():
+                    raise ValueError(f"{path} is named like a checkpoint but is not a file: move it out of "
+                                     "checkpoints/")
+
     def load_latest_state(self, warn=print) -> dict:
         """The newest resumable state that loads; a damaged one is reported and the previous used."""
         return load_latest_states([self], warn)[0]
@@ -642,7 +662,7 @@ def load_latest_states(runs: list[RunDir], warn=print, restore=None) -> list[dic
         common = " at a step common to the group" if len(runs) > 1 else ""
         raise ValueError(f"{names} has no resumable checkpoint (checkpoints/state_*.pt){common}: it cannot be "
                          "resumed; start it again with --overwrite")
-    errors = []
+    errors = []  # reported once a state is found (a warning each), or all in the one error if none is
     for step in reversed(steps):
         try:
             states = [run.load_state(step) for run in runs]
@@ -650,17 +670,18 @@ def load_latest_states(runs: list[RunDir], warn=print, restore=None) -> list[dic
                 try:
                     restore(states)
                 except (KeyError, ValueError, RuntimeError, TypeError, IndexError) as e:
-                    if isinstance(e, CheckpointError):
+                    if isinstance(e, UnsafeCheckpoint):
                         raise
                     where = ", ".join(str(run.state_path(step)) for run in runs)
                     raise CheckpointError(f"checkpoint {where} cannot be resumed ({type(e).__name__}: "
                                           f"{str(e).splitlines()[0] if str(e) else 'no detail'})") from None
+            for error in errors:
+                warn(f"warning: {error}; resuming from step {step} instead")
             return states
         except UnsafeCheckpoint:
             raise
         except CheckpointError as e:
             errors.append(str(e))
-            warn(f"warning: {e}; trying the previous one")
     where = ", ".join(str(run.checkpoint_dir) for run in runs)
     raise CheckpointError(f"no usable resumable checkpoint in {where}: {'; '.join(errors)}")
 

@@ -197,6 +197,7 @@ def resume_runs(run_dir, device=None, steps: int | None = None, progress: bool =
             locked.append(run)
             run.lock()
             run.recover()
+            run.check_checkpoint_files()
         return _resume_locked(run_dir, members, device, steps, progress, plots, warn)
     except SignalOutsideLoop as e:
         raise TrainingInterrupted(f"stopped by {_signal_name(e.signum)}; its checkpoints are as they were or newer",
