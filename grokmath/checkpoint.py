@@ -580,7 +580,7 @@ class RunDir:
         missing = [c for c in ("step", "train_loss") if c not in metrics.columns]
         if missing:
             raise ValueError(f"{path} lacks the column(s) {', '.join(missing)}: it is damaged or not grokmath's; {fix}")
-        words = [c for c in metrics.columns if not pd.api.types.is_numeric_dtype(metrics[c])]
+        words = [c for c in metrics.columns if len(metrics) and not pd.api.types.is_numeric_dtype(metrics[c])]
         if words:
             raise ValueError(f"{path} holds something other than numbers in column {words[0]!r} (damaged or "
                              f"truncated): {fix}")
