@@ -8,6 +8,7 @@ copies of interval 0's. Next-token framing: every position but the last is score
 next token (d_vocab = d_vocab_out = vocab_size), and `mask` [batch, seq_len-1] marks the positions
 inside a copy whose next token is also in the copy, i.e. predictable from the first occurrence
 (the notebook's mask; the copy's first token is not predictable and is not marked).
+vocab_size must leave at least subseq_len noise tokens, so a repeat can be told from the noise.
 Token names: BEGIN, then '1'..; `decode` writes them space-separated.
 Metadata: `starts` [batch, num_repeats], where each interval's subsequence starts.
 """
