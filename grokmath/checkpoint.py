@@ -314,6 +314,7 @@ class RunDir:
     def __init__(self, path):
         self.path = Path(path)
         self.created = False  # prepare_runs: whether this process made the folder
+        self.written = False  # prepare_runs: whether this process wrote the run's config.json
 
     @property
     def config_path(self) -> Path:
@@ -718,20 +719,21 @@ def prepare_runs(paths: list, configs: list[dict], overwrite: bool = False) -> l
         for run in runs:  # again, now that no other process can change them
             run.recover()
             kinds.append(run.check_replaceable(overwrite))
+        for run, kind in zip(runs, kinds):
+            if kind == "run":
+                run._move_aside()
+            else:
+                run._clear()
+        for run, config in zip(runs, configs):  # (a full disk here: the old runs go back, below)
+            run.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+            run.written = True
+            atomic_write_json(run.config_path, config)
+            if len(runs) > 1:
+                atomic_write_json(run.path / GROUP, {"format": 1, "runs": [r.path.name for r in runs],
+                                                     "seeds": [c["train"]["seed"] for c in configs]})
     except BaseException:
         abandon_runs(runs)
         raise
-    for run, kind in zip(runs, kinds):
-        if kind == "run":
-            run._move_aside()
-        else:
-            run._clear()
-    for run, config in zip(runs, configs):
-        run.checkpoint_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(run.config_path, config)
-        if len(runs) > 1:
-            atomic_write_json(run.path / GROUP, {"format": 1, "runs": [r.path.name for r in runs],
-                                                 "seeds": [c["train"]["seed"] for c in configs]})
     return runs
 
 
@@ -746,8 +748,9 @@ def abandon_runs(runs: list[RunDir]) -> bool:
                 kept = False
                 if (run.path / REPLACED).exists() or (run.path / REPLACING).exists():
                     run.recover()
-                else:
-                    run._clear()
+                elif run.written or run.created:  # what this process made, and nothing else
+                    if run.written:
+                        run._clear()
                     if run.created:
                         (run.path / LOCK).unlink(missing_ok=True)
                         try:

@@ -74,8 +74,9 @@ def _plot_runs(run_dirs) -> None:
         try:
             plot_run(run_dir)
         except SignalOutsideLoop as e:
-            raise TrainingInterrupted(f"stopped by {_signal_name(e.signum)} while drawing the plots; the run is "
-                                      f"complete: draw them with {_command('plot_run.py', run_dir)}", e.signum) from None
+            name = _signal_name(e.signum)
+            raise TrainingInterrupted(f"stopped by {name} while drawing the plots; the run is complete: draw them "
+                                      f"with {_command('plot_run.py', run_dir)}", e.signum) from None
 
 
 def start_run(model_cfg: ModelConfig, task, train_cfg: TrainConfig, run_dir, overwrite: bool = False,

@@ -45,7 +45,7 @@ from tqdm.auto import tqdm
 
 from .checkpoint import RunDir, atomic_write_json, load_latest_states, load_state_dict_checked
 from .config import ModelConfig, TrainConfig
-from .errors import NonFiniteLoss, TrainingInterrupted, TrainingStopped  # noqa: F401 (raised here; grokmath.train's names)
+from .errors import NonFiniteLoss, TrainingInterrupted, TrainingStopped  # noqa: F401 (also grokmath.train's)
 from .grokfast import GradFilter
 from .losses import masked_mean, pred_log_probs, score_sums
 from .metrics import MetricsLog, metric_columns, metric_row, summarize

@@ -10,6 +10,7 @@ import os
 import shlex
 import shutil
 import signal
+import warnings
 
 import pytest
 import torch
@@ -301,7 +302,8 @@ STATE_DAMAGE = {
     "zero bytes": lambda path: path.write_bytes(b""),
     "cut": lambda path: path.write_bytes(path.read_bytes()[:400]),
     "random bytes": lambda path: path.write_bytes(os.urandom(2000)),
-    "one byte flipped": lambda path: path.write_bytes(bytes(b ^ (i == 1000) * 0x10 for i, b in enumerate(path.read_bytes()))),
+    "one byte flipped": lambda path: path.write_bytes(bytes(b ^ 0x10 * (i == 1000)
+                                                            for i, b in enumerate(path.read_bytes()))),
     "a key missing": lambda path: atomic_torch_save(
         {k: v for k, v in torch.load(path, weights_only=True).items() if k != "optimizer"}, path),
     "a tensor missing": lambda path: atomic_torch_save(
@@ -349,9 +351,11 @@ def test_pickled_code_is_reported_as_such_and_only_torchs_warning_is_silenced(ca
 
     run = copy_run(base_runs, "add", tmp_path)
     torch.save({"w": Payload()}, run / "checkpoints" / "model_000006.pt", pickle_protocol=4)  # torch warns on 4
-    err = expect_error(capsys, "evaluate", [str(run), "--questions", "10", "--no-progress"],
-                       "refusing to load", "pickled code")
-    assert "ran" not in err and "protocol" not in err
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        err = expect_error(capsys, "evaluate", [str(run), "--questions", "10", "--no-progress"],
+                           "refusing to load", "pickled code")
+    assert "ran" not in err and not [w for w in caught if "protocol" in str(w.message)]
 
 
 # ---- bad flags ----------------------------------------------------------------------------------------
@@ -387,6 +391,16 @@ def test_attention_texts_of_any_length_but_not_empty_and_at_most_twenty_pictures
     code, out, err = run_script(capsys, "attention", [str(run), "--questions", "500", "--overwrite"])
     assert code == 0 and "drawing 20 of the 500 questions" in err and len(err.strip().splitlines()) == 1
     assert len(list((run / "analysis").glob("attention_*.png"))) == 20
+
+
+def test_bench_writes_its_csv_whole_and_never_over_a_file(capsys, tmp_path, monkeypatch):
+    import grokmath.bench
+    monkeypatch.setattr(grokmath.bench, "bench_task", lambda name, *args: {"task": name, "steps_per_s": 1.0})
+    csv = tmp_path / "bench.csv"
+    code, out, err = run_script(capsys, "bench", ["--tasks", "modular", "--device", "cpu", "--csv", str(csv)])
+    assert code == 0, err
+    assert csv.read_text().splitlines()[1].startswith("modular,1.0,") and os.listdir(tmp_path) == ["bench.csv"]
+    expect_error(capsys, "bench", ["--tasks", "modular", "--device", "cpu", "--csv", str(csv)], "already exists")
 
 
 # ---- sizes that cannot fit: refused before anything is allocated ----------------------------------------
