@@ -24,8 +24,7 @@ continues from the newest state (for K models, the newest step every one of them
 reproduces an uninterrupted run bit for bit on CPU; a newest state that does not load or fit is
 reported and the one before used. SIGINT/SIGTERM save a state and raise TrainingInterrupted (under
 torchrun every rank stops at the same step, agreed by an all-reduce each step; rank 0 saves); a
-non-finite loss raises NonFiniteLoss (or, with skip_nonfinite, for one
-model only, is skipped).
+non-finite loss raises NonFiniteLoss (or, with skip_nonfinite, for one model only, is skipped).
 """
 from __future__ import annotations
 
