@@ -50,13 +50,14 @@ def _train_new_runs(runs: list[RunDir], body):
     try:
         result = body()
     except BaseException as e:
+        replacing = any(run.being_replaced() for run in runs)
         kept = abandon_runs(runs)
         if isinstance(e, SignalOutsideLoop):
             name = _signal_name(e.signum)
             if not kept:
-                raise TrainingInterrupted(f"stopped by {name} before the run's first checkpoint, so nothing was kept "
-                                          "(a run it was replacing is back in place): run the same command again",
-                                          e.signum) from None
+                back = " (the run it was replacing is back in place)" if replacing else ""
+                raise TrainingInterrupted(f"stopped by {name} before the run's first checkpoint, so nothing of it was "
+                                          f"kept{back}: run the same command again", e.signum) from None
             raise TrainingInterrupted(f"stopped by {name} after the run's last checkpoint, before its summary and "
                                       f"plots: draw the plots with {_command('plot_run.py', runs[0].path)}",
                                       e.signum) from None

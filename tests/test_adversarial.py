@@ -141,8 +141,8 @@ def test_sigterm_before_the_first_checkpoint_says_so_and_keeps_the_old_run(capsy
     before = user_files(run)
     err = expect_error(capsys, "train_addition", [*TINY, "--steps", "9", "--out", str(run.parent), "--run-name",
                                                   "add", "--overwrite"],
-                       "stopped by SIGTERM before the run's first checkpoint", "run the same command again",
-                       code=128 + signal.SIGTERM)
+                       "stopped by SIGTERM before the run's first checkpoint", "is back in place",
+                       "run the same command again", code=128 + signal.SIGTERM)
     assert "resume" not in err
     assert user_files(run) == before
 
