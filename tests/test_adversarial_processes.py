@@ -129,3 +129,23 @@ def test_sigterm_to_torchrun_saves_a_checkpoint_and_prints_the_resume_command(tm
     assert max(RunDir(run).state_steps()) == stopped
     assert not re.search(r'File ".*/grokmath/(analysis/|tasks/)?[a-z_]+\.py"', err)  # no frame of ours
     assert proc.returncode != 0
+
+
+LIGHT = """
+import importlib.util, sys
+from pathlib import Path
+root = Path(sys.argv[1])
+for name in sys.argv[2:]:
+    spec = importlib.util.spec_from_file_location(name, root / "scripts" / f"{name}.py")
+    spec.loader.exec_module(importlib.util.module_from_spec(spec))
+print(sorted(m for m in ("torch", "pandas", "numpy", "matplotlib") if m in sys.modules))
+"""
+
+
+def test_scripts_reach_main_guard_before_importing_torch():
+    """What a script imports before main_guard runs is the time a signal would kill it silently:
+    grokmath.cli and the scripts' module level import nothing heavy (bench.py, a tool, excepted)."""
+    names = sorted(p.stem for p in (ROOT / "scripts").glob("*.py") if p.stem not in ("bench", "import_graph"))
+    done = subprocess.run([sys.executable, "-c", LIGHT, str(ROOT), *names], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "[]", (done.stdout, done.stderr)
