@@ -13,27 +13,40 @@ A run folder `runs/<run-name>/` holds
   run folder of a group is otherwise exactly a single run's, and `--resume` on any of them
   resumes the whole group from the newest step all of them have (see grokmath.run).
 `prepare_runs` is the one place run folders are made and replaced: every check runs before
-anything is removed. `refuse_existing` is the one "exists: pass --overwrite" check of every script.
-Every file is written to a temporary name and renamed into place, so a crash mid-write leaves the
-previous good file. Every load is `torch.load(..., weights_only=True)`: a file that carries
-pickled code is refused, never executed. `load_run(run_dir)` rebuilds config, metrics and model.
+anything is removed; a run being replaced is moved aside (`.replaced/` inside its folder) and
+deleted only once its replacement has its first resumable state (`abandon_runs` puts it back if
+the replacement fails before that; a process killed before that leaves it to be put back by the
+next writer); a run stopped before its first state (`is_unstarted`) is replaced without
+--overwrite. One writer per run folder: a writer holds an flock on `<run>/.lock` (`RunDir.lock`),
+which the kernel drops when the process ends, however it ends; a second writer is refused
+naming the holder's pid. Every file is written whole or not at all and every checkpoint is
+checksummed and loaded with `torch.load(..., weights_only=True)` (grokmath.files; its names are
+importable from here too): a damaged newest state is reported and the previous one resumed from.
+`load_run` rebuilds config, metrics and model, and names the file and what is wrong when one is
+damaged.
 """
 from __future__ import annotations
 
+import io
 import json
 import os
-import pickle
 import re
 import shutil
-import tempfile
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
+
+try:
+    import fcntl
+except ImportError:  # not on Windows: run folders are not locked there
+    fcntl = None
 
 import pandas as pd
 import torch
 
 from .config import ModelConfig, TrainConfig
+from .files import (_UMASK, CheckpointError, UnsafeCheckpoint, _atomic_write, _is_tmp,  # noqa: F401 (re-exported)
+                    atomic_copy, atomic_torch_save, atomic_write_json, atomic_write_text, refuse_existing, safe_load)
+from .memory import FLOAT, check_fits, n_params
 from .model import Transformer
 from .tasks import make_task
 
@@ -45,79 +58,9 @@ CHECKPOINTS = "checkpoints"
 # pandas >= 3 parses floats exactly by default (and deprecates the option); older pandas needs it
 _EXACT_FLOATS = {} if int(pd.__version__.split(".")[0]) >= 3 else {"float_precision": "round_trip"}
 KEEP_STATES = 2  # resumable states kept: the newest and the one before, in case the newest is damaged
-
-
-class CheckpointError(ValueError):
-    """A checkpoint file that cannot be used (damaged, unsafe, or for another model)."""
-
-
-# ---- atomic writes -------------------------------------------------------------------------
-
-def _current_umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-_UMASK = _current_umask()
-
-
-def _atomic_write(path: Path, write) -> None:
-    """Call write(file) on a temporary file beside `path`, then rename it over `path`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the usual permissions
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def atomic_torch_save(obj, path) -> None:
-    _atomic_write(path, lambda f: torch.save(obj, f))
-
-
-def atomic_write_text(path, text: str) -> None:
-    _atomic_write(path, lambda f: f.write(text.encode()))
-
-
-def atomic_write_json(path, obj) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2) + "\n")
-
-
-def refuse_existing(paths, overwrite: bool, fix: str = "pass --overwrite to replace it") -> None:
-    """The one check before writing outputs: an existing path is an error (saying `fix`) unless overwrite."""
-    for path in [paths] if isinstance(paths, (str, Path)) else paths:
-        if Path(path).exists() and not overwrite:
-            raise ValueError(f"{path} already exists: {fix}")
-
-
-# ---- safe loading --------------------------------------------------------------------------
-
-def safe_load(path, map_location="cpu"):
-    """torch.load with weights_only=True; a bad file raises CheckpointError saying what is wrong."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist: check the path or list the run's checkpoints/")
-    try:
-        return torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as e:
-        # weights_only refuses any pickle that would import or call code
-        reason = str(e).strip().splitlines()
-        raise CheckpointError(
-            f"refusing to load {path}: it holds pickled code or objects other than tensors and plain "
-            f"values ({reason[-1] if reason else 'unsafe pickle'}); only load checkpoints written by grokmath"
-        ) from None
-    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as e:
-        raise CheckpointError(f"checkpoint {path} is damaged or truncated ({type(e).__name__}: "
-                              f"{str(e).splitlines()[0] if str(e) else 'no detail'}); use an earlier checkpoint") from None
+LOCK = ".lock"  # the writer's lock file (its content: the writer's pid)
+REPLACED = ".replaced"  # inside a run folder: the run being replaced, until the new one's first state
+REPLACING = ".replacing"  # the same while its entries are being moved (in or back out)
 
 
 def load_state_dict_checked(model: torch.nn.Module, state_dict: dict, source="checkpoint") -> None:
@@ -145,6 +88,21 @@ def load_state_dict_checked(model: torch.nn.Module, state_dict: dict, source="ch
 
 _MODEL_RE = re.compile(r"model_(\d{6,})\.pt$")
 _STATE_RE = re.compile(r"state_(\d{6,})\.pt$")
+_WRITER_FILES = (CONFIG, GROUP, METRICS, SUMMARY)  # what a training run writes at the top of its folder
+_STATE_KEYS = {"step": int, "n_skipped": int, "model": dict, "optimizer": dict, "scheduler": dict,
+               "generator": torch.Tensor, "torch_rng": torch.Tensor}
+_HELD: dict[str, int] = {}  # run folders this process holds the writer lock of -> the lock file's fd
+
+
+class RunInUse(ValueError):
+    """Another live process is writing the run folder."""
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
 
 
 class RunDir:
@@ -152,6 +110,8 @@ class RunDir:
 
     def __init__(self, path):
         self.path = Path(path)
+        self.created = False  # prepare_runs: whether this process made the folder
+        self.written = False  # prepare_runs: whether this process wrote the run's config.json
 
     @property
     def config_path(self) -> Path:
@@ -193,30 +153,195 @@ class RunDir:
             raise ValueError(f"{self.path} is not a grokmath run folder (no {CONFIG}): "
                              "give a folder made by scripts/train_*.py")
 
-    def check_replaceable(self, overwrite: bool) -> bool:
-        """Whether the folder holds something to replace; raises unless it may be (a run, with overwrite)."""
-        if not self.path.exists() or (self.path.is_dir() and not any(self.path.iterdir())):
-            return False
-        if not self.is_run():
-            raise ValueError(f"{self.path} exists and is not a grokmath run folder: choose another --run-name or --out")
-        refuse_existing(self.path, overwrite, "pass --overwrite to replace it, --run-name to choose another name, "
-                        f"or --resume {self.path} to continue it")
+    # making and replacing (see prepare_runs) ------------------------------------------------
+    def _entries(self) -> set[str]:
+        """What the folder holds besides the lock and a run being replaced."""
+        return set(os.listdir(self.path)) - {LOCK, REPLACED, REPLACING}
+
+    def _leftovers_only(self) -> bool:
+        """Nothing but temporary files and an empty checkpoints/: a start killed before config.json."""
+        for name in self._entries():
+            if name == CHECKPOINTS and self.checkpoint_dir.is_dir():
+                if not all(_is_tmp(n) for n in os.listdir(self.checkpoint_dir)):
+                    return False
+            elif not _is_tmp(name):
+                return False
         return True
 
-    def create(self, config: dict, overwrite: bool = False) -> None:
-        """Make the folder and write config.json; an existing run is replaced only with overwrite."""
-        prepare_runs([self.path], [config], overwrite)
+    def is_unstarted(self) -> bool:
+        """A run stopped before its first resumable state: it holds only what a start writes
+        (config.json, group.json, a metrics.csv without rows, checkpoints/model_000000.pt), so
+        replacing it loses nothing."""
+        if not self.is_run() or self.state_steps():
+            return False
+        for name in self._entries():
+            if name == CHECKPOINTS:
+                if not self.checkpoint_dir.is_dir() or any(
+                        n != "model_000000.pt" and not _is_tmp(n) for n in os.listdir(self.checkpoint_dir)):
+                    return False
+            elif name not in (CONFIG, GROUP, METRICS) and not _is_tmp(name):
+                return False
+        if self.metrics_path.exists():
+            try:
+                rows = [line for line in self.metrics_path.read_text().splitlines() if line.strip()]
+            except (OSError, UnicodeDecodeError):
+                return False
+            if len(rows) > 1:
+                return False
+        return True
 
+    def being_replaced(self) -> bool:
+        """Whether the folder still holds a run it was to be replaced by one that has no state yet."""
+        return ((self.path / REPLACED).exists() or (self.path / REPLACING).exists()) and not self.state_steps()
+
+    def check_replaceable(self, overwrite: bool) -> str:
+        """What making a run here would do, 'new' (nothing there, or an empty folder), 'unstarted'
+        (see is_unstarted) or 'run' (an existing run, replaced only with overwrite); raises when
+        it may not. Reads only."""
+        if not self.path.exists():
+            return "new"
+        if not self.path.is_dir():
+            raise ValueError(f"{self.path} exists and is not a folder: choose another --run-name or --out")
+        if self.being_replaced():  # a replacement killed before its first state: the old run is still here
+            kind = "run"
+        elif self._leftovers_only():
+            return "new"
+        elif not self.is_run():
+            raise ValueError(f"{self.path} exists and is not a grokmath run folder: choose another --run-name or --out")
+        else:
+            kind = "unstarted" if self.is_unstarted() else "run"
+        if kind == "run":
+            refuse_existing(self.path, overwrite, "pass --overwrite to replace it, --run-name to choose another "
+                            f"name, or --resume {self.path} to continue it")
+        return kind
+
+    def lock(self) -> None:
+        """Become the folder's one writer (making the folder if needed) until unlock() or the end of
+        this process, however it ends (an flock, which the kernel drops with the process)."""
+        key = str(self.path.resolve())
+        if key in _HELD:
+            return
+        self.path.mkdir(parents=True, exist_ok=True)
+        if fcntl is None:
+            _HELD[key] = -1
+            return
+        fd = os.open(self.path / LOCK, os.O_RDWR | os.O_CREAT, 0o666 & ~_UMASK)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise RunInUse(f"{self.path} is in use: another grokmath process (pid {holder}) is writing it; wait for "
+                           f"it to finish, or stop it (kill {holder}) and resume") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        _HELD[key] = fd
+
+    def unlock(self) -> None:
+        fd = _HELD.pop(str(self.path.resolve()), None)
+        if fd is not None and fd >= 0:
+            os.close(fd)  # closing the file drops the flock
+
+    def check_not_in_use(self) -> None:
+        """Refuse (RunInUse) when another process holds the folder's lock; takes nothing."""
+        path = self.path / LOCK
+        if fcntl is None or str(self.path.resolve()) in _HELD or not path.is_file():
+            return
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
+            raise RunInUse(f"{self.path} is in use: another grokmath process (pid {holder}) is writing it; wait for "
+                           f"it to finish, or stop it (kill {holder}) and resume") from None
+        finally:
+            os.close(fd)
+
+    def recover(self) -> None:
+        """Under the lock: finish what a killed writer left half done. A replaced run whose
+        replacement reached its first state is deleted; otherwise it is put back (the unstarted
+        replacement's files go). Stale temporary files of the writer's own files are removed."""
+        aside, moving = self.path / REPLACED, self.path / REPLACING
+        if aside.is_dir():
+            if self.state_steps():
+                shutil.rmtree(aside)
+            else:
+                for name in self._entries():
+                    _remove(self.path / name)
+                os.replace(aside, moving)
+        if moving.is_dir():  # entries of the old run, the rest of it (if any) at the top
+            for name in os.listdir(moving):
+                if not (self.path / name).exists():
+                    os.replace(moving / name, self.path / name)
+            shutil.rmtree(moving)
+        for folder, names in ((self.path, _WRITER_FILES), (self.checkpoint_dir, None)):
+            if folder.is_dir():
+                for name in os.listdir(folder):
+                    if _is_tmp(name) and (names is None or any(name.startswith(f".{n}.") for n in names)):
+                        (folder / name).unlink(missing_ok=True)
+
+    def _move_aside(self) -> None:
+        """Move the run's files into .replaced/ (first .replacing/, renamed once all are in)."""
+        moving = self.path / REPLACING
+        moving.mkdir()
+        for name in self._entries():
+            os.replace(self.path / name, moving / name)
+        os.replace(moving, self.path / REPLACED)
+
+    def _clear(self) -> None:
+        """Remove what an unstarted run (or a start killed before config.json) left."""
+        for name in self._entries():
+            _remove(self.path / name)
+
+    def create(self, config: dict, overwrite: bool = False) -> None:
+        """Make the folder and write config.json; an existing run is replaced only with overwrite.
+        (The folder is not kept locked: for scripts, grokmath.run locks while it trains.)"""
+        for run in prepare_runs([self.path], [config], overwrite):
+            run.unlock()
+
+    # config ------------------------------------------------------------------------------
     def read_config(self) -> dict:
+        """config.json as a dict, its three sections checked to be tables (the values: `configs`)."""
         self.check_is_run()
+        if self.being_replaced():
+            raise ValueError(f"{self.path} is being replaced by a run that has no checkpoint yet (or one stopped "
+                             f"before its first): the run it replaces is in {self.path / REPLACED}; --resume "
+                             f"{self.path} puts it back and continues it")
         try:
             config = json.loads(self.config_path.read_text())
-        except json.JSONDecodeError as e:
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise ValueError(f"{self.config_path} is not valid JSON ({e}): restore it or retrain") from None
+        if not isinstance(config, dict):
+            raise ValueError(f"{self.config_path} is damaged: it holds a {type(config).__name__}, not the run's "
+                             'settings {"model": ..., "task": ..., "train": ...}; restore it or retrain')
         missing = [k for k in ("model", "task", "train") if k not in config]
-        if missing or "name" not in config.get("task", {}):
-            raise ValueError(f"{self.config_path} lacks {missing or ['task.name']}: it was not written by grokmath")
+        if missing:
+            raise ValueError(f"{self.config_path} lacks {missing}: it was not written by grokmath")
+        for key in ("model", "task", "train"):
+            if not isinstance(config[key], dict):
+                raise ValueError(f"{self.config_path} is damaged: its {key!r} is a {type(config[key]).__name__}, "
+                                 "not a table of settings; restore it or retrain")
+        if not isinstance(config["task"].get("name"), str):
+            raise ValueError(f"{self.config_path} lacks the task's name (task.name): it was not written by grokmath")
         return config
+
+    def configs(self, config: dict | None = None):
+        """(ModelConfig, TrainConfig, task) from config.json; a bad value names the file."""
+        config = self.read_config() if config is None else config
+        try:
+            model_cfg = ModelConfig.from_dict(config["model"])
+            train_cfg = TrainConfig.from_dict(config["train"])
+            task = make_task(config["task"]["name"], **{k: v for k, v in config["task"].items() if k != "name"})
+        except (ValueError, TypeError, KeyError, AttributeError) as e:
+            raise ValueError(f"{self.config_path} holds a setting grokmath cannot use ({e}): restore it "
+                             "or retrain") from None
+        fits = (model_cfg.d_vocab == task.d_vocab and model_cfg.d_vocab_out == task.d_vocab_out
+                and model_cfg.n_ctx >= task.n_ctx)
+        if not fits:
+            raise ValueError(f"{self.config_path}: its model (d_vocab {model_cfg.d_vocab}, d_vocab_out "
+                             f"{model_cfg.d_vocab_out}, n_ctx {model_cfg.n_ctx}) does not fit its task (d_vocab "
+                             f"{task.d_vocab}, d_vocab_out {task.d_vocab_out}, n_ctx {task.n_ctx}): restore it")
+        return model_cfg, train_cfg, task
 
     # metrics ---------------------------------------------------------------------------
     def write_metrics(self, metrics: pd.DataFrame | str) -> None:
@@ -226,9 +351,40 @@ class RunDir:
         atomic_write_text(self.metrics_path, text)
 
     def read_metrics(self) -> pd.DataFrame:
-        if not self.metrics_path.is_file():
+        """metrics.csv (empty when there is none yet); a damaged one raises a ValueError naming it."""
+        path = self.metrics_path
+        if not path.exists():
             return pd.DataFrame()
-        return pd.read_csv(self.metrics_path, **_EXACT_FLOATS)
+        fix = "restore it, or move it away (models and resuming from a checkpoint do not need its rows)"
+        if not path.is_file():
+            raise ValueError(f"{path} is not a file: {fix}")
+        try:
+            text = path.read_text()
+        except UnicodeDecodeError:
+            raise ValueError(f"{path} is not text (binary bytes): {fix}") from None
+        if not text.strip():
+            raise ValueError(f"{path} is empty (not even its header): {fix}")
+        lines = text.splitlines()
+        width = lines[0].count(",")
+        short = next((i for i, line in enumerate(lines) if line.count(",") != width), None)
+        if not text.endswith("\n") or short is not None:  # grokmath writes whole rows, each ending in a newline
+            row = len(lines) - 1 if short is None else short
+            raise ValueError(f"{path} is truncated or damaged: line {row + 1} is cut off or has another number of "
+                             f"fields than the header; {fix}")
+        try:
+            metrics = pd.read_csv(io.StringIO(text), **_EXACT_FLOATS)
+        except (pd.errors.ParserError, pd.errors.EmptyDataError, ValueError) as e:
+            raise ValueError(f"{path} is not a readable CSV table ({str(e).splitlines()[0]}): {fix}") from None
+        missing = [c for c in ("step", "train_loss") if c not in metrics.columns]
+        if missing:
+            raise ValueError(f"{path} lacks the column(s) {', '.join(missing)}: it is damaged or not grokmath's; {fix}")
+        words = [c for c in metrics.columns if len(metrics) and not pd.api.types.is_numeric_dtype(metrics[c])]
+        if words:
+            raise ValueError(f"{path} holds something other than numbers in column {words[0]!r} (damaged or "
+                             f"truncated): {fix}")
+        if not (metrics["step"].to_numpy() == range(len(metrics))).all():
+            raise ValueError(f"{path} is damaged: its steps are not 0, 1, 2, ... (rows lost or edited); {fix}")
+        return metrics
 
     # checkpoints -------------------------------------------------------------------------
     def save_model(self, step: int, model: torch.nn.Module) -> None:
@@ -241,16 +397,34 @@ class RunDir:
         return safe_load(self.model_path(step))
 
     def save_state(self, step: int, state: dict) -> None:
-        """Write a resumable state, then drop all but the newest KEEP_STATES of them."""
+        """Write a resumable state, then drop all but the newest KEEP_STATES of them. The first one
+        of a run that replaced another also deletes the replaced run (kept until now)."""
         atomic_torch_save(state, self.state_path(step))
         for old in self.state_steps()[:-KEEP_STATES]:
             self.state_path(old).unlink(missing_ok=True)
+        if (self.path / REPLACED).exists():
+            shutil.rmtree(self.path / REPLACED)
 
     def load_state(self, step: int) -> dict:
-        state = safe_load(self.state_path(step))
-        if not (isinstance(state, dict) and state.get("step") == step):
-            raise CheckpointError(f"checkpoint {self.state_path(step)} is not a grokmath training state")
+        path = self.state_path(step)
+        state = safe_load(path)
+        if not isinstance(state, dict) or state.get("step") != step:
+            raise CheckpointError(f"checkpoint {path} is not a grokmath training state of step {step}")
+        for key, kind in _STATE_KEYS.items():
+            if not isinstance(state.get(key), kind) or isinstance(state.get(key), bool):
+                raise CheckpointError(f"checkpoint {path} is damaged: its {key!r} is "
+                                      f"{'missing' if key not in state else type(state[key]).__name__}")
+        if not all(isinstance(v, torch.Tensor) for v in state["model"].values()):
+            raise CheckpointError(f"checkpoint {path} is damaged: its 'model' is not a dict of tensors")
         return state
+
+    def check_checkpoint_files(self) -> None:
+        """Refuse a folder in checkpoints/ named like a checkpoint: a run writing there would fail later."""
+        if self.checkpoint_dir.is_dir():
+            for path in sorted(self.checkpoint_dir.iterdir()):
+                if (_MODEL_RE.match(path.name) or _STATE_RE.match(path.name)) and not path.is_file():
+                    raise ValueError(f"{path} is named like a checkpoint but is not a file: move it out of "
+                                     "checkpoints/")
 
     def load_latest_state(self, warn=print) -> dict:
         """The newest resumable state that loads; a damaged one is reported and the previous used."""
@@ -263,53 +437,131 @@ class RunDir:
             return None
         try:
             names = json.loads(path.read_text()).get("runs")
-        except (json.JSONDecodeError, AttributeError):
+        except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
             names = None
         if not (isinstance(names, list) and names and all(isinstance(n, str) and n.strip() and Path(n).name == n
-                                                          for n in names)):
+                                                          and n not in (".", "..") for n in names)):
             raise ValueError(f"{path} is damaged: it should list the group's run folders as "
                              '{"runs": ["name_s1", "name_s2"], ...}; restore it')
         return [self.path.parent / name for name in names]
 
 
-def load_latest_states(runs: list[RunDir], warn=print) -> list[dict]:
-    """The resumable states of the newest step every run has and can load (a damaged one is
-    reported and the step before used), one per run, in order."""
+def load_latest_states(runs: list[RunDir], warn=print, restore=None) -> list[dict]:
+    """The resumable states of the newest step every run has and can use, one per run, in order.
+    restore(states), if given, puts them to use (loads them into the models...); a state that does
+    not load, or that restore cannot use, is reported with `warn` and the step before tried."""
     steps = sorted(set.intersection(*(set(run.state_steps()) for run in runs)))
     if not steps:
         names = ", ".join(str(run.path) for run in runs)
+        if all(run.is_unstarted() for run in runs):
+            raise ValueError(f"{names} has no checkpoint: it was stopped before its first one, so there is nothing to "
+                             "resume; run the command that started it again (it replaces the unstarted run without "
+                             "--overwrite)")
         common = " at a step common to the group" if len(runs) > 1 else ""
         raise ValueError(f"{names} has no resumable checkpoint (checkpoints/state_*.pt){common}: it cannot be "
                          "resumed; start it again with --overwrite")
-    errors = []
+    errors = []  # reported once a state is found (a warning each), or all in the one error if none is
     for step in reversed(steps):
         try:
-            return [run.load_state(step) for run in runs]
+            states = [run.load_state(step) for run in runs]
+            if restore is not None:
+                try:
+                    restore(states)
+                except (KeyError, ValueError, RuntimeError, TypeError, IndexError) as e:
+                    if isinstance(e, UnsafeCheckpoint):
+                        raise
+                    where = ", ".join(str(run.state_path(step)) for run in runs)
+                    raise CheckpointError(f"checkpoint {where} cannot be resumed ({type(e).__name__}: "
+                                          f"{str(e).splitlines()[0] if str(e) else 'no detail'})") from None
+            for error in errors:
+                warn(f"warning: {error}; resuming from step {step} instead")
+            return states
+        except UnsafeCheckpoint:
+            raise
         except CheckpointError as e:
-            if "refusing" in str(e):
-                raise
             errors.append(str(e))
-            warn(f"warning: {e}; trying the previous one")
     where = ", ".join(str(run.checkpoint_dir) for run in runs)
     raise CheckpointError(f"no usable resumable checkpoint in {where}: {'; '.join(errors)}")
 
 
+def check_run_name(path) -> None:
+    """A run folder is a plain folder inside its parent: not '', '.' or '..' (with --overwrite those
+    would replace the parent's runs)."""
+    if Path(path).name in ("", ".", ".."):
+        raise ValueError(f"{path} is not a run folder name: a run name is one plain folder name (no '/', not '.' "
+                         "or '..')")
+
+
 def prepare_runs(paths: list, configs: list[dict], overwrite: bool = False) -> list[RunDir]:
     """Make the run folders (config.json each; group.json in each when there are several: one
-    --seeds group). Every check runs before anything is removed; an existing run folder is replaced
-    only with overwrite, any other existing folder never."""
+    --seeds group), each locked by this process (unlock them when done: `unlock_runs`).
+
+    Every check runs before anything is removed: the names, what each folder holds (an existing
+    run is replaced only with overwrite, a run stopped before its first state without it, any other
+    non-empty folder never), and the locks (a folder another process writes is refused). A run
+    being replaced is moved aside, into its folder's .replaced/, deleted by the new run's first
+    state (RunDir.save_state) or put back by `abandon_runs` (or, after a kill, RunDir.recover)."""
     runs = [RunDir(p) for p in paths]
-    replace = [run.check_replaceable(overwrite) for run in runs]
-    for run, old in zip(runs, replace):
-        if old:
-            shutil.rmtree(run.path)
-    for run, config in zip(runs, configs):
-        run.checkpoint_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(run.config_path, config)
-        if len(runs) > 1:
-            atomic_write_json(run.path / GROUP, {"format": 1, "runs": [r.path.name for r in runs],
-                                                 "seeds": [c["train"]["seed"] for c in configs]})
+    for run in runs:
+        check_run_name(run.path)
+    if len({run.path.resolve() for run in runs}) != len(runs):
+        raise ValueError(f"the run folders {', '.join(str(r.path) for r in runs)} repeat: give distinct ones")
+    for run in runs:  # read-only checks first, so no lock file lands in a folder that is not a run's
+        run.check_replaceable(overwrite)
+    try:
+        for run in runs:
+            run.created = not run.path.exists()
+            run.lock()
+        kinds = []
+        for run in runs:  # again, now that no other process can change them
+            run.recover()
+            kinds.append(run.check_replaceable(overwrite))
+        for run, kind in zip(runs, kinds):
+            if kind == "run":
+                run._move_aside()
+            else:
+                run._clear()
+        for run, config in zip(runs, configs):  # (a full disk here: the old runs go back, below)
+            run.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+            run.written = True
+            atomic_write_json(run.config_path, config)
+            if len(runs) > 1:
+                atomic_write_json(run.path / GROUP, {"format": 1, "runs": [r.path.name for r in runs],
+                                                     "seeds": [c["train"]["seed"] for c in configs]})
+    except BaseException:
+        abandon_runs(runs)
+        raise
     return runs
+
+
+def abandon_runs(runs: list[RunDir]) -> bool:
+    """After a failure: each run that has no resumable state yet is undone (its files removed, the
+    folder too if this process made it, a run it was replacing put back); runs with a state are
+    kept. Unlocks them all. Returns whether every run was kept."""
+    kept = True
+    for run in runs:
+        try:
+            if run.path.is_dir() and not run.state_steps() and str(run.path.resolve()) in _HELD:
+                kept = False
+                if (run.path / REPLACED).exists() or (run.path / REPLACING).exists():
+                    run.recover()
+                elif run.written or run.created:  # what this process made, and nothing else
+                    if run.written:
+                        run._clear()
+                    if run.created:
+                        (run.path / LOCK).unlink(missing_ok=True)
+                        try:
+                            run.path.rmdir()
+                        except OSError:  # someone put something there meanwhile: leave it
+                            pass
+        finally:
+            run.unlock()
+    return kept
+
+
+def unlock_runs(runs: list[RunDir]) -> None:
+    for run in runs:
+        run.unlock()
 
 
 def run_config(model_cfg: ModelConfig, task, train_cfg: TrainConfig) -> dict:
@@ -351,6 +603,8 @@ def _load_model(run: RunDir, model_cfg, step, device):
     if step not in steps:
         raise ValueError(f"{run.path} has no checkpoint at step {step}: available steps are {steps[0]}..{steps[-1]} "
                          f"({len(steps)} checkpoints)")
+    check_fits(n_params(model_cfg) * 2 * FLOAT, "cpu", f"the model of {run.config_path}",
+               "this config.json asks for a model larger than this machine holds")
     model = Transformer(model_cfg)
     load_state_dict_checked(model, run.load_model_state(step), str(run.model_path(step)))
     return model.to(device).eval(), step
@@ -360,10 +614,7 @@ def load_run(run_dir, step: int | None = None, device="cpu", load_model: bool = 
     """Config, metrics, task and (unless load_model=False) the model at `step` (default newest)."""
     run = RunDir(run_dir)
     config = run.read_config()
-    model_cfg = ModelConfig.from_dict(config["model"])
-    train_cfg = TrainConfig.from_dict(config["train"])
-    task_options = {k: v for k, v in config["task"].items() if k != "name"}
-    task = make_task(config["task"]["name"], **task_options)
+    model_cfg, train_cfg, task = run.configs(config)
     model = None
     if load_model:
         model, step = _load_model(run, model_cfg, step, device)

@@ -9,7 +9,9 @@ grokmath.run (the orchestration lives there, not here). `--resume RUN_DIR` accep
 when they equal the run's saved settings (re-type the command you ran and add --resume) and names
 the ones that differ. `main_guard(main)` is the error edge: a mistake a user can make
 (ValueError, a bad file) becomes one line on stderr and exit status 2, never a traceback; an
-interrupted run says how to resume it. Set GROKMATH_DEBUG=1 for tracebacks.
+interrupted run says how to resume it, and a signal at any other moment says what was kept. This
+module imports nothing heavy at its top (torch, pandas, the rest of grokmath load inside the
+functions), so a script reaches main_guard within ~0.1 s. Set GROKMATH_DEBUG=1 for tracebacks.
 """
 from __future__ import annotations
 
@@ -17,18 +19,18 @@ import argparse
 import json
 import math
 import os
+import shlex
 import signal
 import sys
+import threading
 from dataclasses import fields
 from pathlib import Path
 
-from . import experiments, run
-from .checkpoint import RunDir
 from .config import TrainConfig, is_whole, model_config_for
-from .metrics import phase_change_steps
-from .tasks import make_task
-from .train import NonFiniteLoss, TrainingInterrupted, resolve_device
+from .errors import NonFiniteLoss, SignalOutsideLoop, TrainingInterrupted
 
+# torch, pandas and the rest of grokmath are imported inside the functions that use them, so that a
+# script reaches main_guard (its signal handler and one-line errors) before those slow imports
 EXIT_USAGE = 2
 
 
@@ -99,9 +101,12 @@ def percentages(text: str) -> dict:
         if not sep or not name.strip():
             raise argparse.ArgumentTypeError(f"{text!r} is not a mix like sub=80,add=20")
         try:
-            mix[name.strip()] = float(share)
+            value = float(share)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{share!r} in {text!r} is not a percentage") from None
+        if not math.isfinite(value) or value < 0:
+            raise argparse.ArgumentTypeError(f"{share!r} in {text!r} is not a percentage (a number from 0 to 100)")
+        mix[name.strip()] = value
     return mix
 
 
@@ -150,6 +155,7 @@ def train_config_defaults() -> dict:
 
 def training_parser(doc: str, experiment: str) -> ArgumentParser:
     """A parser with the shared training flags; their defaults (and --help) are the experiment's."""
+    from . import experiments
     defaults = experiments.flag_defaults(experiment)
     parser = ArgumentParser(description=doc, epilog=experiments.describe(experiment),
                             formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -187,6 +193,7 @@ def training_parser(doc: str, experiment: str) -> ArgumentParser:
 
 def parse(parser: ArgumentParser, argv=None) -> argparse.Namespace:
     """Parse; `args.given` names the flags given, every other flag takes the experiment's default."""
+    from . import experiments
     args = parser.parse_args(argv)
     args.given = {k for k, v in vars(args).items() if v is not None and not k.startswith("_")}
     args.experiment = args._experiment
@@ -207,6 +214,8 @@ def parse(parser: ArgumentParser, argv=None) -> argparse.Namespace:
 def training_configs(args, task_options: dict, data: str | None = None, n_train: int | None = None):
     """(task, ModelConfig, TrainConfig) from parsed flags: the experiment's settings with the flags over
     them. data/n_train: a script's own data regime (e.g. --finite N), else the experiment's."""
+    from . import experiments
+    from .tasks import make_task
     _, model_settings, train_settings, _ = experiments.settings(args.experiment)
     task = make_task(experiments.EXPERIMENTS[args.experiment].task, **task_options)
     model = {**model_settings, **{k: getattr(args, k) for k in MODEL_FIELDS if getattr(args, k) is not None}}
@@ -221,20 +230,25 @@ def training_configs(args, task_options: dict, data: str | None = None, n_train:
 
 
 def run_dir_of(args, run_name: str) -> Path:
-    if args.run_name is not None and (not args.run_name.strip() or Path(args.run_name).name != args.run_name):
-        raise ValueError(f"--run-name {args.run_name!r} must be a plain folder name (no '/'); use --out for the parent")
-    return Path(args.out) / (args.run_name or run_name)
+    name = args.run_name
+    if name is not None and (not name.strip() or Path(name).name != name or name in (".", "..")):
+        raise ValueError(f"--run-name {name!r} must be a plain folder name (no '/', not '.' or '..'); use --out for "
+                         "the parent")
+    return Path(args.out) / (name or run_name)
 
 
 def run_training(args, task_options: dict, data: str | None = None, n_train: int | None = None,
                  run_name: str | None = None, insert: dict | None = None) -> None:
     """Build task, model and training configs from parsed flags and train (or resume) through grokmath.run."""
+    from . import run
+    from .train import resolve_device
     resolve_device(args.device)  # a bad --device fails before anything is written
     progress, plots = not args.no_progress, not args.no_plots
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1 and (args.resume is not None or args.seeds):
         raise ValueError("--resume and --seeds run in one process: leave out torchrun")
     if args.resume is not None:
+        run.put_back_replaced(args.resume)  # a replacement stopped before its first checkpoint: the old run
         check_resume_flags(args, task_options, data, n_train, run_name, insert)
         for result in run.resume_runs(args.resume, args.device, args.steps if "steps" in args.given else None,
                                       progress=progress, plots=plots, warn=_warn):
@@ -261,6 +275,8 @@ def run_training(args, task_options: dict, data: str | None = None, n_train: int
 
 def check_resume_flags(args, task_options: dict, data, n_train, run_name, insert) -> None:
     """--resume with other flags: each must equal the run's saved setting; name those that differ."""
+    from . import experiments, run
+    from .checkpoint import RunDir
     members = run.group_of(args.resume)
     config = RunDir(args.resume).read_config()
     task_name = experiments.EXPERIMENTS[args.experiment].task
@@ -332,6 +348,7 @@ def check_resume_flags(args, task_options: dict, data, n_train, run_name, insert
 
 def report(result) -> None:
     """A few lines on stdout about the finished run."""
+    from .metrics import phase_change_steps
     metrics = result.metrics
     last = metrics.iloc[-1]
     lines = [f"run folder: {result.run_dir}", f"final train loss: {last['train_loss']:.6g}"]
@@ -351,15 +368,28 @@ def _warn(message: str) -> None:
     print(message, file=sys.stderr)
 
 
+def _raise_signal_outside_loop(signum, frame):
+    raise SignalOutsideLoop(signum)
+
+
 def main_guard(main, argv=None) -> None:
-    """Run main(argv) and turn a user's mistake into one line on stderr and exit status 2."""
+    """Run main(argv) and turn a user's mistake into one line on stderr and exit status 2. From its
+    first line on, SIGTERM and SIGINT raise SignalOutsideLoop (the training loop installs its own
+    handler, which saves a checkpoint first): a signal at any moment gives one line saying what was
+    kept and exit status 128 + the signal's number."""
     prog = Path(sys.argv[0]).name
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # torchrun: each rank speaks for itself
+        prog += f" (rank {os.environ.get('RANK', '?')})"
     debug = os.environ.get("GROKMATH_DEBUG")
+    handled = (signal.SIGINT, signal.SIGTERM)
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = {sig: signal.signal(sig, _raise_signal_outside_loop) for sig in handled} if main_thread else {}
     try:
         main(argv)
     except TrainingInterrupted as e:
-        script = " ".join(["python", sys.argv[0]])
-        resume = f"; resume with: {script} --resume {e.run_dir}" if getattr(e, "run_dir", None) else ""
+        resume = ""
+        if getattr(e, "run_dir", None):
+            resume = "; resume with: " + shlex.join(["python", sys.argv[0], "--resume", str(e.run_dir)])
         print(f"{prog}: {e}{resume}", file=sys.stderr)
         sys.exit(128 + e.signum)
     except NonFiniteLoss as e:
@@ -374,3 +404,12 @@ def main_guard(main, argv=None) -> None:
         message = str(e).splitlines()[0] if str(e) else type(e).__name__
         print(f"{prog}: error: {message}", file=sys.stderr)
         sys.exit(EXIT_USAGE)
+    except (MemoryError, RuntimeError) as e:  # torch's out-of-memory errors; any other is a bug: a traceback
+        if debug or not (isinstance(e, MemoryError) or type(e).__name__ == "OutOfMemoryError"):
+            raise
+        print(f"{prog}: error: out of memory ({str(e).splitlines()[0] if str(e) else 'no detail'}): lower "
+              "--batch-size or the model's size", file=sys.stderr)
+        sys.exit(EXIT_USAGE)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

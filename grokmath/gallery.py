@@ -11,11 +11,10 @@ scripts/train_*.py; modular is p=113 for 40k epochs: use a GPU), 'quick' (small 
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 from .analysis.progress import write_progress
-from .checkpoint import atomic_write_json, atomic_write_text
+from .checkpoint import atomic_copy, atomic_write_json, atomic_write_text
 from .experiments import experiment_configs
 from .plots import plot_run
 from .run import start_run
@@ -91,7 +90,7 @@ def run_experiment(name: str, out, scale: str = "full", device=None, overwrite: 
     copies = []
     for figure in figures:
         copy = gallery / f"{name}_{Path(figure).name}"
-        shutil.copyfile(figure, copy)
+        atomic_copy(figure, copy)
         copies.append(copy)
     atomic_write_json(gallery / f"{name}.json", {"run_dir": str(run_dir), "scale": scale,
                                                 "task": {"name": task.name, **task.options()},

@@ -203,6 +203,7 @@ def plot_run(run_dir) -> list[Path]:
     """Draw every plot that fits the run in `run_dir` from its metrics.csv and config.json."""
     run = RunDir(run_dir)
     config = run.read_config()
+    run.configs(config)  # a damaged config.json is named here, not met halfway through a plot
     metrics = run.read_metrics()
     if metrics.empty:
         raise ValueError(f"{run.metrics_path} has no rows yet: train the run first")
@@ -240,6 +241,7 @@ def write_compare(run_dirs: list, path, label_by: str | None = None, window: int
     for run_dir in run_dirs:
         run = RunDir(run_dir)
         config = run.read_config()
+        run.configs(config)
         metrics = run.read_metrics()
         if metrics.empty:
             raise ValueError(f"{run.metrics_path} has no rows: train that run first")

@@ -11,22 +11,73 @@
   (a kill between two runs' checkpoints falls back to the step before). A group member that is
   missing is named; to resume the others one at a time, delete group.json in each of them (each
   folder is a single run's). `--steps N` extends every run of the group.
-Every check that can fail runs before a folder is made or replaced (grokmath.checkpoint.prepare_runs).
+Every check that can fail runs before a folder is made or replaced (grokmath.checkpoint.prepare_runs),
+memory included (grokmath.memory); a run that fails before its first resumable state is undone (a
+run it was replacing is put back); each run folder is locked while it is written, so a second
+writer is refused. A signal outside the loop (before it, or while the plots are drawn) stops the
+run with a TrainingInterrupted saying what was kept.
 """
 from __future__ import annotations
 
+import shlex
+import signal
+import sys
 from dataclasses import replace
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 
-from .checkpoint import RunDir, atomic_write_json, load_run, prepare_runs, run_config
+from .checkpoint import (RunDir, abandon_runs, atomic_write_json, check_run_name, load_run, prepare_runs,
+                         run_config, unlock_runs)
 from .config import ModelConfig, TrainConfig
+from .errors import SignalOutsideLoop, TrainingInterrupted
 from .insert import inserter_from_run
+from .memory import check_training_fits
 from .model import Transformer
 from .plots import plot_run
-from .train import TrainResult, check_data_parallel, check_stackable, resolve_device, train, train_seeds
+from .train import (TrainResult, check_data_parallel, check_stackable, probe_batch, resolve_device, train,
+                    train_seeds)
+
+
+def _signal_name(signum: int) -> str:
+    return signal.Signals(signum).name
+
+
+def _train_new_runs(runs: list[RunDir], body):
+    """body() trains the freshly prepared runs; on any failure a run without a resumable state is
+    undone (abandon_runs), and a signal that came outside the loop says what was kept."""
+    try:
+        result = body()
+    except BaseException as e:
+        replacing = any(run.being_replaced() for run in runs)
+        kept = abandon_runs(runs)
+        if isinstance(e, SignalOutsideLoop):
+            name = _signal_name(e.signum)
+            if not kept:
+                back = " (the run it was replacing is back in place)" if replacing else ""
+                raise TrainingInterrupted(f"stopped by {name} before the run's first checkpoint, so nothing of it was "
+                                          f"kept{back}: run the same command again", e.signum) from None
+            raise TrainingInterrupted(f"stopped by {name} after the run's last checkpoint, before its summary and "
+                                      f"plots: draw the plots with {_command('plot_run.py', runs[0].path)}",
+                                      e.signum) from None
+        raise
+    unlock_runs(runs)
+    return result
+
+
+def _command(script: str, run_dir) -> str:
+    return shlex.join(["python", str(Path(sys.argv[0]).with_name(script)), str(run_dir)])
+
+
+def _plot_runs(run_dirs) -> None:
+    for run_dir in run_dirs:
+        try:
+            plot_run(run_dir)
+        except SignalOutsideLoop as e:
+            name = _signal_name(e.signum)
+            raise TrainingInterrupted(f"stopped by {name} while drawing the plots; the run is complete: draw them "
+                                      f"with {_command('plot_run.py', run_dir)}", e.signum) from None
 
 
 def start_run(model_cfg: ModelConfig, task, train_cfg: TrainConfig, run_dir, overwrite: bool = False,
@@ -37,6 +88,9 @@ def start_run(model_cfg: ModelConfig, task, train_cfg: TrainConfig, run_dir, ove
     `inserter_from_run` after the model, e.g. {"run_dir": "runs/add", "mode": 2, "every": 100}.
     """
     device = resolve_device(device)  # a bad device fails before the folder is touched
+    check_run_name(run_dir)
+    check_training_fits(model_cfg, task, train_cfg, device)  # before anything is allocated
+    probe_batch(task, train_cfg)  # a data set the task cannot make fails here too
     model = Transformer(model_cfg).to(device)
     config, after_step = run_config(model_cfg, task, train_cfg), None
     if insert is not None:
@@ -44,10 +98,11 @@ def start_run(model_cfg: ModelConfig, task, train_cfg: TrainConfig, run_dir, ove
         inserter.start()
         config["insert"] = inserter.describe()
         after_step = inserter.after_step if inserter.mode >= 2 else None
-    prepare_runs([run_dir], [config], overwrite)
-    result = train(model, task, train_cfg, run_dir, device, progress=progress, after_step=after_step)
+    runs = prepare_runs([run_dir], [config], overwrite)
+    result = _train_new_runs(runs, lambda: train(model, task, train_cfg, run_dir, device, progress=progress,
+                                                 after_step=after_step))
     if plots:
-        plot_run(run_dir)
+        _plot_runs([run_dir])
     return result
 
 
@@ -65,12 +120,14 @@ def start_seed_runs(model_cfg: ModelConfig, task, train_cfg: TrainConfig, seeds:
     in the one loop, draw each one's plots."""
     device = resolve_device(device)
     check_stackable(train_cfg, seeds)
+    check_training_fits(model_cfg, task, train_cfg, device, n_models=len(seeds))
+    probe_batch(task, train_cfg)
     configs = [run_config(replace(model_cfg, seed=s), task, replace(train_cfg, seed=s)) for s in seeds]
-    prepare_runs(run_dirs, configs, overwrite)
-    results = train_seeds(model_cfg, task, train_cfg, seeds, run_dirs, device, progress=progress)
+    runs = prepare_runs(run_dirs, configs, overwrite)
+    results = _train_new_runs(runs, lambda: train_seeds(model_cfg, task, train_cfg, seeds, run_dirs, device,
+                                                        progress=progress))
     if plots:
-        for run_dir in run_dirs:
-            plot_run(run_dir)
+        _plot_runs(run_dirs)
     return results
 
 
@@ -80,11 +137,14 @@ def start_data_parallel(model_cfg: ModelConfig, task, train_cfg: TrainConfig, ru
     """Under torchrun: DistributedDataParallel over the processes (gloo on CPU, nccl on GPU); rank 0
     writes the run folder and returns its result, every rank trains on its share of each global batch."""
     check_data_parallel(train_cfg, world, resume=False)  # every rank fails alike, before any collective
+    check_run_name(run_dir)
     RunDir(run_dir).check_replaceable(overwrite)
+    RunDir(run_dir).check_not_in_use()
     device = resolve_device(device)
     if device.type == "cuda":
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
+    check_training_fits(model_cfg, task, replace(train_cfg, batch_size=train_cfg.batch_size // world), device)
     dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     try:
         if dist.get_rank() == 0:
@@ -126,7 +186,29 @@ def resume_runs(run_dir, device=None, steps: int | None = None, progress: bool =
     """Continue a run (or its whole --seeds group) from its newest resumable checkpoint, optionally
     to a larger `steps`; returns one result per run, in the group's order."""
     device = resolve_device(device)
-    members = group_of(run_dir)
+    first_run = RunDir(run_dir)
+    if not (first_run.is_run() or first_run.being_replaced()):
+        first_run.check_is_run()  # says what is wrong: missing, or not a run folder
+    locked = [first_run]
+    try:
+        first_run.lock()  # one writer: a second --resume (or a start with --overwrite) is refused
+        first_run.recover()  # a replacement killed before its first state: the run it replaced is put back
+        members = group_of(run_dir)
+        for member in members:
+            run = RunDir(member)
+            locked.append(run)
+            run.lock()
+            run.recover()
+            run.check_checkpoint_files()
+        return _resume_locked(run_dir, members, device, steps, progress, plots, warn)
+    except SignalOutsideLoop as e:
+        raise TrainingInterrupted(f"stopped by {_signal_name(e.signum)}; its checkpoints are as they were or newer",
+                                  e.signum, Path(run_dir)) from None
+    finally:
+        unlock_runs(locked)
+
+
+def _resume_locked(run_dir, members: list[Path], device, steps, progress, plots, warn) -> list[TrainResult]:
     loaded = [load_run(m, load_model=False) for m in members]
     first = loaded[0]
     for other in loaded[1:]:
@@ -134,6 +216,7 @@ def resume_runs(run_dir, device=None, steps: int | None = None, progress: bool =
             raise ValueError(f"{other.path} and {first.path} are one --seeds group (group.json) but differ in "
                              "settings other than the seed: resume them one at a time (delete group.json in each)")
     train_cfg = first.train_cfg
+    check_training_fits(first.model_cfg, first.task, train_cfg, device, n_models=len(members))
     done = max(set.intersection(*(set(RunDir(m).state_steps()) for m in members)), default=0)
     if steps is not None and steps != train_cfg.steps:
         if steps < done:
@@ -160,9 +243,20 @@ def resume_runs(run_dir, device=None, steps: int | None = None, progress: bool =
         results = [train(model, first.task, train_cfg, members[0], device, resume=True, progress=progress,
                          warn=warn, after_step=after_step)]
     if plots:
-        for member in members:
-            plot_run(member)
+        _plot_runs(members)
     return results
+
+
+def put_back_replaced(run_dir) -> None:
+    """If run_dir holds a replacement stopped before its first checkpoint, put back the run it was
+    replacing (as --resume does first), so the folder reads as that run again."""
+    run = RunDir(run_dir)
+    if run.path.is_dir() and run.being_replaced():
+        try:
+            run.lock()
+            run.recover()
+        finally:
+            run.unlock()
 
 
 def resume_run(run_dir, device=None, steps: int | None = None, progress: bool = True, plots: bool = True,

@@ -21,9 +21,10 @@ function of the models, the batch tensors and the optimizer), scheduler step, re
 Each run folder (grokmath.checkpoint) gets `metrics.csv` (flushed at every checkpoint), model
 checkpoints and resumable states; the folders are made beforehand (grokmath.run). `resume=True`
 continues from the newest state (for K models, the newest step every one of them has) and
-reproduces an uninterrupted run bit for bit on CPU. SIGINT/SIGTERM save a state and raise
-TrainingInterrupted; a non-finite loss raises NonFiniteLoss (or, with skip_nonfinite, for one
-model only, is skipped).
+reproduces an uninterrupted run bit for bit on CPU; a newest state that does not load or fit is
+reported and the one before used. SIGINT/SIGTERM save a state and raise TrainingInterrupted (under
+torchrun every rank stops at the same step, agreed by an all-reduce each step; rank 0 saves); a
+non-finite loss raises NonFiniteLoss (or, with skip_nonfinite, for one model only, is skipped).
 """
 from __future__ import annotations
 
@@ -43,6 +44,7 @@ from tqdm.auto import tqdm
 
 from .checkpoint import RunDir, atomic_write_json, load_latest_states, load_state_dict_checked
 from .config import ModelConfig, TrainConfig
+from .errors import NonFiniteLoss, TrainingInterrupted, TrainingStopped  # noqa: F401 (also grokmath.train's)
 from .grokfast import GradFilter
 from .losses import masked_mean, pred_log_probs, score_sums
 from .metrics import MetricsLog, metric_columns, metric_row, summarize
@@ -50,20 +52,6 @@ from .multiseed import StackedModels
 from .tasks.base import Batch
 
 FLUSH_EVERY = 50  # steps between moves of the metrics from the device to the host
-
-
-class TrainingStopped(Exception):
-    """The run stopped before its last step; the message says why and what to do."""
-
-
-class TrainingInterrupted(TrainingStopped):
-    def __init__(self, message, signum, run_dir=None):
-        super().__init__(message)
-        self.signum, self.run_dir = signum, run_dir
-
-
-class NonFiniteLoss(TrainingStopped):
-    pass
 
 
 @dataclass
@@ -203,6 +191,16 @@ def stop_on_signals(enabled: bool = True):
     finally:
         for sig, old in previous.items():
             signal.signal(sig, old)
+
+
+def agreed_signal(flag, world: int, device) -> int | None:
+    """The signal that stops the loop at this step: this process's, or under torchrun the largest
+    any rank has received (all ranks stop at one step, or the others would wait in a collective)."""
+    if world == 1:
+        return flag["signum"]
+    signum = torch.tensor([flag["signum"] or 0], device=device)
+    torch.distributed.all_reduce(signum, op=torch.distributed.ReduceOp.MAX)
+    return int(signum.item()) or None
 
 
 class OneModel:
@@ -348,19 +346,21 @@ def run_loop(models, task, cfgs: list[TrainConfig], run_dirs: list, device: torc
     start, n_skipped, checked = 0, 0, 0
 
     if resume:
-        states = load_latest_states(runs, warn=warn)
-        models.load_model_states([state["model"] for state in states])
-        models.load_optimizer_states(optimizer, [state["optimizer"] for state in states])
-        scheduler.load_state_dict(states[0]["scheduler"])
-        for gen, state in zip(gens, states):
-            gen.set_state(state["generator"])
-        torch.set_rng_state(states[0]["torch_rng"])
-        if grad_filter is not None:
-            models.load_filter_states(grad_filter, [state["grad_filter"] for state in states])
-            grad_filter.to(device)
+        def restore(states):  # a state this cannot use is reported and the previous one tried
+            models.load_model_states([state["model"] for state in states])
+            models.load_optimizer_states(optimizer, [state["optimizer"] for state in states])
+            scheduler.load_state_dict(states[0]["scheduler"])
+            for gen, state in zip(gens, states):
+                gen.set_state(state["generator"])
+            torch.set_rng_state(states[0]["torch_rng"])
+            if grad_filter is not None:
+                models.load_filter_states(grad_filter, [state["grad_filter"] for state in states])
+                grad_filter.to(device)
+            for log, run in zip(logs, runs):
+                log.load(run.read_metrics(), states[0]["step"])
+
+        states = load_latest_states(runs, warn=warn, restore=restore)
         start, n_skipped = states[0]["step"], states[0]["n_skipped"]
-        for log, run in zip(logs, runs):
-            log.load(run.read_metrics(), start)
         checked = start
 
     def whose(k: int) -> str:
@@ -409,16 +409,20 @@ def run_loop(models, task, cfgs: list[TrainConfig], run_dirs: list, device: torc
 
     desc = task.name if K == 1 else f"{task.name} x{K}"
     bar = tqdm(total=cfg.steps, initial=start, desc=desc, disable=not progress, dynamic_ncols=True)
-    with stop_on_signals(enabled=writing) as stop, bar:
+    with stop_on_signals(enabled=writing or world > 1) as stop, bar:
         for step in range(start, cfg.steps):
             if step % cfg.checkpoint_every == 0 and not (resume and step == start):
                 save(step)
-            if stop["signum"] is not None:
+            signum = agreed_signal(stop, world, device)
+            if signum is not None:
                 save(step, model_checkpoint=False)
-                name = signal.Signals(stop["signum"]).name
+                name = signal.Signals(signum).name
                 saved = "a resumable checkpoint is saved" if K == 1 else \
                     f"resumable checkpoints of all {K} seeds are saved (resume any of them to resume all)"
-                raise TrainingInterrupted(f"stopped by {name} at step {step}; {saved}", stop["signum"], runs[0].path)
+                if not writing:  # another rank of a torchrun job: rank 0 saves
+                    saved = f"rank {rank} stopped with the others; rank 0 saved the checkpoint"
+                raise TrainingInterrupted(f"stopped by {name} at step {step}; {saved}", signum,
+                                          runs[0].path if writing else None)
             lr = scheduler.get_last_lr()[0]
             drawn = [data.next() for data in datas]  # (batch, case masks) of each model
             with torch.no_grad():  # the test set, scored with the weights this step's loss uses

@@ -21,7 +21,7 @@ import torch  # noqa: E402
 
 from grokmath import cli  # noqa: E402
 from grokmath.bench import TASKS, bench_seeds, bench_task  # noqa: E402
-from grokmath.checkpoint import refuse_existing  # noqa: E402
+from grokmath.checkpoint import atomic_write_text, refuse_existing  # noqa: E402
 from grokmath.train import resolve_device  # noqa: E402
 
 
@@ -46,9 +46,9 @@ def main(argv=None):
         rows = [bench_seeds(name, args.seeds, args.steps, args.quick, device) for name in args.tasks]
     else:
         rows = [bench_task(name, args.quick, device, args.steps, args.rounds) for name in args.tasks]
-    if args.csv:
-        Path(args.csv).parent.mkdir(parents=True, exist_ok=True)
-        pd.DataFrame([{**row, "machine": machine} for row in rows]).to_csv(args.csv, index=False)
+    if args.csv:  # written whole or not at all, and never over a file that appeared meanwhile
+        refuse_existing(args.csv, overwrite=False, fix="choose another --csv path (nothing is overwritten)")
+        atomic_write_text(args.csv, pd.DataFrame([{**row, "machine": machine} for row in rows]).to_csv(index=False))
         print(f"wrote {args.csv}")
 
 

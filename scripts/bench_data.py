@@ -12,14 +12,16 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import torch  # noqa: E402
-
-from grokmath import cli, experiments  # noqa: E402
-from grokmath.checkpoint import refuse_existing  # noqa: E402
-from grokmath.tasks import TASKS, time_per_batch  # noqa: E402
+from grokmath import cli  # noqa: E402
 
 
 def main(argv=None):
+    import torch
+
+    from grokmath import experiments
+    from grokmath.checkpoint import atomic_write_text, refuse_existing
+    from grokmath.tasks import TASKS, time_per_batch
+
     parser = cli.ArgumentParser(description=__doc__, formatter_class=cli.argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tasks", nargs="+", choices=list(TASKS), default=list(TASKS),
                         help="tasks to time (default: all)")
@@ -48,12 +50,11 @@ def main(argv=None):
     for name, batch_size, ms, rate in rows:
         print(f"{name:<14}{batch_size:>7}{ms:>11.3f}{rate:>14.0f}")
     if args.csv is not None:
-        args.csv.parent.mkdir(parents=True, exist_ok=True)
         threads = torch.get_num_threads()
         lines = ["task,batch_size,ms_per_batch,examples_per_s,device,threads"]
         lines += [f"{name},{batch_size},{ms:.6f},{rate:.1f},{args.device},{threads}"
                   for name, batch_size, ms, rate in rows]
-        args.csv.write_text("\n".join(lines) + "\n")
+        atomic_write_text(args.csv, "\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

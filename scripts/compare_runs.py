@@ -15,8 +15,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from grokmath import cli  # noqa: E402
-from grokmath.checkpoint import refuse_existing  # noqa: E402
-from grokmath.plots import write_compare  # noqa: E402
 
 
 def build_parser():
@@ -40,6 +38,9 @@ def build_parser():
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    from grokmath.checkpoint import refuse_existing
+    from grokmath.plots import write_compare
+
     out = Path(args.out)
     refuse_existing([out.with_suffix(".png"), out.with_suffix(".csv")], args.overwrite,
                     "pass --overwrite to replace it, or choose another --out")

@@ -12,7 +12,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from grokmath import cli  # noqa: E402
-from grokmath.plots import plot_run  # noqa: E402
 
 
 def build_parser():
@@ -23,6 +22,8 @@ def build_parser():
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    from grokmath.plots import plot_run
+
     for path in plot_run(args.run_dir):
         print(path)
 

@@ -17,10 +17,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from grokmath import cli  # noqa: E402
-from grokmath.gallery import GALLERY, reproduce  # noqa: E402
 
 
 def main(argv=None):
+    from grokmath.gallery import GALLERY, reproduce
+
     parser = cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("experiments", nargs="+", choices=[*GALLERY, "all"], metavar="EXPERIMENT",
                         help=f"one or more of {', '.join(GALLERY)}, or all")

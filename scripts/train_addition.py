@@ -14,10 +14,12 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from grokmath import cli, experiments  # noqa: E402
+from grokmath import cli  # noqa: E402
 
 
 def build_parser():
+    from grokmath import experiments
+
     defaults = experiments.flag_defaults("addition")
     parser = cli.training_parser(__doc__, "addition")
     parser.add_argument("--digits", type=cli.positive_int, default=None,

@@ -13,12 +13,14 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from grokmath import cli, experiments  # noqa: E402
+from grokmath import cli  # noqa: E402
 
 OPTIONS = ("seq_len", "subseq_len", "num_repeats", "vocab_size")
 
 
 def build_parser():
+    from grokmath import experiments
+
     defaults = experiments.flag_defaults("induction")
     parser = cli.training_parser(__doc__, "induction")
     for flag, dest, text in (("--seq-len", "seq_len", "tokens per sequence, BEGIN included"),

@@ -13,10 +13,12 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from grokmath import cli, experiments  # noqa: E402
+from grokmath import cli  # noqa: E402
 
 
 def build_parser():
+    from grokmath import experiments
+
     defaults = experiments.flag_defaults("modular")
     parser = cli.training_parser(__doc__, "modular")
     parser.add_argument("--p", type=cli.positive_int, default=None, help=f"the prime modulus (default: {defaults['p']})")

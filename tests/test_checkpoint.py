@@ -1,13 +1,18 @@
-"""Run folders: atomic writes, safe loading, shape checks, load_run."""
+"""Run folders: atomic writes, checksums, safe loading, shape checks, replacing and locking, load_run."""
 import json
 import os
+import shutil
+import subprocess
+import sys
 
 import pandas as pd
 import pytest
 import torch
 
-from grokmath.checkpoint import (CheckpointError, RunDir, atomic_torch_save, atomic_write_text, load_run,
-                                 load_state_dict_checked, safe_load)
+from grokmath.checkpoint import (REPLACED, REPLACING, CheckpointError, RunDir, UnsafeCheckpoint, abandon_runs,
+                                 atomic_torch_save, atomic_write_text, load_run, load_state_dict_checked,
+                                 prepare_runs, safe_load)
+
 from grokmath.model import Transformer
 from grokmath.tasks import make_task
 from grokmath.config import ModelConfig, TrainConfig, model_config_for
@@ -180,3 +185,124 @@ def test_a_run_folder_in_the_format_of_the_first_release_loads_and_resumes(tmp_p
     for name, tensor in model.state_dict().items():
         torch.testing.assert_close(final.state_dict()[name], tensor)
     assert result.run_dir == path
+
+
+# ---- checksums: damage is reported as damage, never as pickled code, never loaded ------------------------
+
+def tiny_state():
+    return {"format": 1, "step": 3, "n_skipped": 0, "model": {"w": torch.arange(4.0)}, "optimizer": {}}
+
+
+def test_every_single_byte_flip_of_a_checkpoint_is_reported_as_damage(tmp_path):
+    path = tmp_path / "state_000003.pt"
+    atomic_torch_save(tiny_state(), path)
+    good = path.read_bytes()
+    assert torch.equal(torch.load(path, weights_only=True)["model"]["w"], torch.arange(4.0))  # a plain torch file
+    for i in range(len(good)):
+        path.write_bytes(good[:i] + bytes([good[i] ^ 0x5A]) + good[i + 1:])
+        with pytest.raises(CheckpointError, match="damaged or truncated") as info:
+            safe_load(path)
+        assert not isinstance(info.value, UnsafeCheckpoint), i
+    for cut in (len(good) - 1, len(good) // 2, 10):
+        path.write_bytes(good[:cut])
+        with pytest.raises(CheckpointError, match="damaged or truncated"):
+            safe_load(path)
+
+
+def test_random_bytes_are_damage_and_intact_pickled_code_is_refused(tmp_path):
+    path = tmp_path / "model_000000.pt"
+    path.write_bytes(os.urandom(5000))
+    with pytest.raises(CheckpointError, match="damaged or truncated") as info:
+        safe_load(path)
+    assert not isinstance(info.value, UnsafeCheckpoint)
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, ("true",))
+
+    atomic_torch_save({"w": Payload()}, path)  # a checksum that holds, over pickled code
+    with pytest.raises(UnsafeCheckpoint, match="refusing to load .*pickled code"):
+        safe_load(path)
+
+
+def test_checkpoints_from_before_checksums_load_and_their_damage_shows(tmp_path):
+    """Files written before checkpoints carried checksums (e.g. a long run started then): they load as
+    before; a damaged one is caught by the CRC-32 zip keeps of each member."""
+    path = tmp_path / "model_000010.pt"
+    torch.save({"w": torch.arange(1000.0)}, path)
+    assert torch.equal(safe_load(path)["w"], torch.arange(1000.0))
+    data = bytearray(path.read_bytes())
+    data[data.index(torch.arange(1000.0).numpy().tobytes()[400:408]) + 2] ^= 1  # inside the tensor's bytes
+    path.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="CRC-32"):
+        safe_load(path)
+
+
+# ---- replacing, locking, leftovers ---------------------------------------------------------------------
+
+CONFIG = {"model": {}, "task": {"name": "addition"}, "train": {"seed": 0}}
+
+
+def test_a_replaced_run_is_kept_aside_until_the_new_runs_first_state(small_run, tmp_path):
+    path = tmp_path / "r"
+    shutil.copytree(small_run[0], path)
+    old = {p.relative_to(path): p.read_bytes() for p in path.rglob("*") if p.is_file() and p.name != ".lock"}
+    [run] = prepare_runs([path], [CONFIG], overwrite=True)
+    aside = {p.relative_to(path / REPLACED): p.read_bytes() for p in (path / REPLACED).rglob("*") if p.is_file()}
+    assert aside == old and run.state_steps() == []
+    run.save_model_state(0, {"w": torch.zeros(1)})
+    assert (path / REPLACED).is_dir()  # a model file is not yet a resumable state
+    run.save_state(0, {"step": 0})
+    assert not (path / REPLACED).exists()
+    run.unlock()
+    # abandon_runs: a replacement that failed before its first state gives the folder back
+    [run] = prepare_runs([path], [CONFIG], overwrite=True)
+    (path / REPLACED / "config.json").write_text("the old run's")
+    assert abandon_runs([run]) is False
+    assert (path / "config.json").read_text() == "the old run's" and not (path / REPLACED).exists()
+
+
+def test_a_kill_while_the_old_run_was_being_moved_aside_is_undone(tmp_path):
+    path = tmp_path / "r"
+    (path / "checkpoints").mkdir(parents=True)
+    (path / "config.json").write_text("{}")
+    (path / REPLACING).mkdir()
+    (path / REPLACING / "checkpoints").mkdir()
+    (path / REPLACING / "checkpoints" / "state_000005.pt").write_bytes(b"old")
+    shutil.rmtree(path / "checkpoints")  # checkpoints/ had moved, config.json had not
+    run = RunDir(path)
+    assert run.check_replaceable(overwrite=True) == "run"
+    with pytest.raises(ValueError, match="pass --overwrite"):
+        run.check_replaceable(overwrite=False)
+    run.lock()
+    run.recover()
+    run.unlock()
+    assert (path / "config.json").read_text() == "{}" and run.state_steps() == [5] and not (path / REPLACING).exists()
+
+
+def test_stale_temporary_files_of_dead_writers_are_removed(tmp_path):
+    target = tmp_path / "metrics.csv"
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale = tmp_path / f".metrics.csv.{dead.stdout.strip()}.abc123.tmp"
+    live = tmp_path / f".metrics.csv.{os.getppid()}.def456.tmp"  # a process that is alive: maybe writing it now
+    other = tmp_path / f".summary.json.{dead.stdout.strip()}.x.tmp"
+    for path in (stale, live, other):
+        path.write_text("half")
+    atomic_write_text(target, "step\n")
+    assert not stale.exists() and live.exists() and other.exists()
+
+
+def test_a_lock_held_by_another_process_is_named_and_this_process_may_take_its_own_twice(tmp_path):
+    run = RunDir(tmp_path / "r")
+    run.lock()
+    run.lock()  # the same process: no deadlock with itself
+    run.check_not_in_use()
+    # another process, taking the lock as RunDir.lock does (an flock on .lock, which holds the holder's pid)
+    script = ("import fcntl, os, sys\nfd = os.open(sys.argv[1], os.O_RDWR)\ntry:\n"
+              "    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)\n    print('free')\n"
+              "except BlockingIOError:\n    print('held by', os.read(fd, 32).decode().strip())")
+    other = subprocess.run([sys.executable, "-c", script, str(run.path / ".lock")], capture_output=True, text=True)
+    assert other.stdout.strip() == f"held by {os.getpid()}", other.stderr
+    run.unlock()
+    other = subprocess.run([sys.executable, "-c", script, str(run.path / ".lock")], capture_output=True, text=True)
+    assert other.stdout.strip() == "free", other.stderr

@@ -1,5 +1,6 @@
 """Data-parallel training (torchrun, gloo, 2 CPU processes), checked against a one-process
 emulation of the same global batches. (Stacked seeds: test_multiseed.py.)"""
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -58,3 +59,12 @@ def test_torchrun_refuses_full_batch_runs(tmp_path):
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240)
     assert proc.returncode != 0 and "infinite data" in proc.stderr
     assert not any(tmp_path.iterdir())
+    # each rank: one line and exit status 2 (or, when torchrun stopped it first as another rank failed, one
+    # line saying so); then torchrun's own report (its traceback, ChildFailedError), with no frame of ours
+    said = {rank: [line for line in proc.stderr.splitlines() if line.startswith(f"train_modular.py (rank {rank}): ")]
+            for rank in (0, 1)}
+    assert all(len(lines) == 1 for lines in said.values()), proc.stderr
+    errors = [lines[0] for lines in said.values() if "error: data-parallel training needs a fresh batch" in lines[0]]
+    assert errors and all("error:" in lines[0] or "stopped by SIGTERM" in lines[0] for lines in said.values())
+    assert "exitcode  : 2" in proc.stderr
+    assert not re.search(r'File ".*/grokmath/(analysis/|tasks/)?[a-z_]+\.py"', proc.stderr)

@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 
 from ..config import check_whole
 from ..losses import correct
+from ..memory import check_fits, forward_bytes
 from .common import model_device, question_sampler
 
 
@@ -81,6 +82,9 @@ def evaluate(model, task, n_questions: int = 1_000_000, batch_size: int = 8192, 
     check_whole("n_questions", n_questions, 1)
     check_whole("batch_size", batch_size, 1)
     device = model_device(model) if device is None else torch.device(device)
+    rows = min(batch_size, n_questions)
+    check_fits(forward_bytes(model.cfg, rows, len(task.pred_labels), training=False), device,
+               f"evaluating {rows} questions per forward pass", "lower --batch-size")
     model = model.to(device)
     was_training = model.training
     model.eval()

@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 
 from ..checkpoint import atomic_write_json, atomic_write_text, load_run, refuse_existing
 from ..losses import score_sums
+from ..memory import FLOAT, check_fits
 from ..tasks import make_task
 from ..plots import save_figure  # sets matplotlib's Agg backend before pyplot loads
 import matplotlib.pyplot as plt  # noqa: E402,I001
@@ -258,6 +259,15 @@ def prepare_out_dir(out: Path, overwrite: bool) -> None:
     out.mkdir(parents=True)
 
 
+def check_sae_fits(source: ModelSource, d_sae: int, device) -> None:
+    """Refuse, before anything is allocated, an SAE whose weights (with gradients and Adam's
+    moments) and one step's features cannot fit in memory."""
+    d_in = source.activations(next(source.questions()).index(slice(0, 1))).shape[-1]
+    rows = source.batch_size * len(source.positions)
+    check_fits(FLOAT * (8 * d_in * d_sae + 4 * rows * d_sae), device,
+               f"an SAE of {d_sae} features on {source.hook} (width {d_in})", "lower --d-sae")
+
+
 def train_sae_on_run(run_dir, hook: str = "blocks.0.mlp.hook_post", grid: dict | None = None,
                      base: SAEConfig | None = None, step: int | None = None, positions="all",
                      n_batches: int = 100, eval_batches: int = 20, batch_size: int = 64, seed: int = 0,
@@ -281,6 +291,7 @@ def train_sae_on_run(run_dir, hook: str = "blocks.0.mlp.hook_post", grid: dict |
     check_out_dir(out, overwrite)
     train_source = ModelSource(run.model, task, hook, n_batches, batch_size, seed, positions)
     eval_source = ModelSource(run.model, task, hook, eval_batches, batch_size, seed + 1, positions)
+    check_sae_fits(train_source, max(grid.get("d_sae", [base.d_sae])), device)
     sae, cfg, history, table = grid_search(train_source, eval_source, grid or {"d_sae": [base.d_sae]}, base,
                                            log=log, progress=progress)
     final = evaluate_sae(sae, eval_source, cfg)

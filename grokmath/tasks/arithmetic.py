@@ -51,8 +51,8 @@ def check_ops(ops) -> dict[str, float]:
     for op, share in ops.items():
         if op not in OP_TOKENS:
             raise ValueError(f"unknown op {op!r} in ops; choose from add, sub, mul")
-        if isinstance(share, bool) or not isinstance(share, numbers.Real) or share < 0:
-            raise ValueError(f"ops[{op!r}] must be a percentage >= 0, got {share!r}")
+        if isinstance(share, bool) or not isinstance(share, numbers.Real) or not 0 <= share <= 100:
+            raise ValueError(f"ops[{op!r}] must be a percentage from 0 to 100, got {share!r}")
     total = sum(ops.values())
     if abs(total - 100) > 1e-9:
         raise ValueError(f"ops percentages must sum to 100, got {total} from {ops}; "

@@ -8,6 +8,7 @@ copies of interval 0's. Next-token framing: every position but the last is score
 next token (d_vocab = d_vocab_out = vocab_size), and `mask` [batch, seq_len-1] marks the positions
 inside a copy whose next token is also in the copy, i.e. predictable from the first occurrence
 (the notebook's mask; the copy's first token is not predictable and is not marked).
+vocab_size must leave at least subseq_len noise tokens, so a repeat can be told from the noise.
 Token names: BEGIN, then '1'..; `decode` writes them space-separated.
 Metadata: `starts` [batch, num_repeats], where each interval's subsequence starts.
 """
@@ -29,6 +30,10 @@ class InductionTask(Task):
         self.num_repeats = check_int("num_repeats", num_repeats, 2, 10_000)
         self.subseq_len = check_int("subseq_len", subseq_len, 2, 100_000)
         self.seq_len = check_int("seq_len", seq_len, 2, 1_000_000)
+        if self.vocab_size - 1 < self.subseq_len:  # the repeat is predictable only if its tokens can differ
+            raise ValueError(f"vocab_size {vocab_size} leaves {self.vocab_size - 1} noise token(s), too few for a "
+                             f"repeated subsequence of {subseq_len} tokens that differ: use vocab_size >= "
+                             f"{self.subseq_len + 1} (BEGIN and {self.subseq_len} noise tokens)")
         self.interval = (self.seq_len - 1) // self.num_repeats
         if self.interval < self.subseq_len:
             raise ValueError(f"seq_len {seq_len} is too short for {num_repeats} repeats of "

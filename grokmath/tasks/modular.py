@@ -36,6 +36,10 @@ class ModularTask(Task):
         if isinstance(frac_train, bool) or not isinstance(frac_train, numbers.Real) or not 0 < frac_train < 1:
             raise ValueError(f"frac_train must be a fraction between 0 and 1, got {frac_train!r}")
         self.op, self.frac_train = op, float(frac_train)
+        if not 0 < int(self.frac_train * self.p * self.p) < self.p * self.p:
+            raise ValueError(f"frac_train {frac_train} leaves no train or no test pair for p={self.p} "
+                             f"({self.p * self.p} pairs): use a fraction between {1 / self.p ** 2:.3g} and "
+                             f"{1 - 1 / self.p ** 2:.3g}")
         self.rand_seed = check_int("rand_seed", rand_seed, 0)
         self.d_vocab, self.d_vocab_out, self.n_ctx = self.p + 1, self.p, 3
         self.pred_pos = torch.tensor([2])

@@ -1,0 +1,35 @@
+"""The ways a training run stops early, as exceptions, in a module with no heavy imports.
+
+The command-line edge (grokmath.cli.main_guard) catches these before torch is imported, so a
+signal that arrives while a script is still starting is reported in one line too. The loop
+(grokmath.train) raises them: TrainingInterrupted after saving a resumable state on SIGINT or
+SIGTERM (run_dir: the folder to resume; None where there is nothing to resume), NonFiniteLoss
+when the loss or the weights stop being finite.
+"""
+from __future__ import annotations
+
+import signal
+
+
+class TrainingStopped(Exception):
+    """The run stopped before its last step; the message says why and what to do."""
+
+
+class TrainingInterrupted(TrainingStopped):
+    def __init__(self, message, signum, run_dir=None):
+        super().__init__(message)
+        self.signum, self.run_dir = signum, run_dir
+
+
+class NonFiniteLoss(TrainingStopped):
+    pass
+
+
+class SignalOutsideLoop(TrainingInterrupted):
+    """SIGTERM (or SIGINT) while a script was not inside the training loop (starting, making the run
+    folders, drawing plots): raised by main_guard's handler; grokmath.run says what was kept."""
+
+    def __init__(self, signum):
+        name = signal.Signals(signum).name
+        super().__init__(f"stopped by {name} before it finished; files are written whole or not at all, so "
+                         "nothing is half-written: run the same command again", signum)
