@@ -4,8 +4,10 @@ with its title and the one setup cell, and matches its source in notebooks/src (
 
 The kernel imports this checkout's grokmath (PYTHONPATH) and inherits the tests' one CPU thread.
 """
+import importlib.util
 import json
 import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -42,6 +44,28 @@ def test_committed_without_outputs_and_opening_with_title_and_setup(path):
     assert setup.cell_type == "code" and setup.source == _build.SETUP
     code = [cell for cell in nb.cells if cell.cell_type == "code"]
     assert code[0] is setup  # the one install cell comes before any other code
+
+
+def test_setup_cell_installs_a_clone_only_where_grokmath_is_missing(tmp_path, monkeypatch, capsys):
+    exec(_build.SETUP, {})  # installed (as in CI): it only says where grokmath is
+    assert "grokmath 0.1.0 from" in capsys.readouterr().out
+    calls = []
+    monkeypatch.setattr(subprocess, "run", lambda args, check: calls.append(args))  # no pip here
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *rest: None if name == "grokmath"
+                        else find_spec(name, *rest))  # as in a fresh Colab
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(RuntimeError, match="no clone of its repository is here: git clone it into ./grokmath"):
+        exec(_build.SETUP, {})
+    assert calls == []
+    clone = tmp_path / "grokmath"
+    (clone / "grokmath").mkdir(parents=True)
+    (clone / "setup.py").write_text("")
+    (clone / "grokmath" / "__init__.py").write_text("")
+    exec(_build.SETUP, {})
+    assert calls == [[sys.executable, "-m", "pip", "install", "-q", "-e", str(clone.resolve()), "plotly"]]
+    assert sys.path[0] == str(clone.resolve())
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)

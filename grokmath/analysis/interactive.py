@@ -114,7 +114,8 @@ def loss_figure(metrics: pd.DataFrame, columns=None, prefix: str = "loss_", log_
     columns = list(columns)
     missing = [c for c in columns if c not in metrics.columns]
     if missing:
-        raise ValueError(f"the metrics table has no column {missing[0]!r}: it has {', '.join(metrics.columns[:12])} ...")
+        raise ValueError(f"the metrics table has no column {missing[0]!r}: its columns are "
+                         f"{', '.join(metrics.columns[:12])}{' ...' if len(metrics.columns) > 12 else ''}")
     if not columns:
         raise ValueError(f"no columns to draw: the table has none starting with {prefix!r}; pass columns=[...]")
     fig = go.Figure()

@@ -3,10 +3,10 @@
 #
 # This notebook reproduces the seed notebook 'non-modular addition grokking tasks': a one-layer
 # transformer learns `12345+67890=080235`, and each answer digit's loss falls in its own sudden
-# drop, at its own step. By default it trains a small version in well under a minute on a CPU;
-# `FULL = True` trains the seed set-up (d_model 512, 3000 steps: 4.5 minutes on a 2-core CPU, 22 s on
-# an H100), whose per-digit steps the README reports: loss under 0.1 at step 291 for A5 (the
-# leading carry) and at 1753-2049 for the other digits.
+# drop, at its own step. By default it trains a small version (the whole notebook takes about
+# half a minute on a 2-core CPU); `FULL = True` trains the seed set-up (d_model 512, 3000 steps:
+# 4.5 minutes on a 2-core CPU, 22 s on an H100), whose per-digit steps the README reports: loss
+# under 0.1 at step 291 for A5 (the leading carry) and at 1753-2049 for the other digits.
 #
 # Then it looks inside: the loss per case (BaseAdd / UseCarry1 / UseSum9, as the seed 'Addition
 # Interpretability Analysis' notebook splits it), the attention patterns, which head each digit
@@ -44,7 +44,7 @@ print("runs go to", RUNS, "| interactive figures:", INTERACTIVE)
 
 # %%
 task, model_cfg, train_cfg = experiment_configs("addition", "full" if FULL else "quick")
-if not FULL:  # the quick scale's model (d_model 128) with a faster schedule, to fit well under a minute
+if not FULL:  # the quick scale's model (d_model 128) with a faster schedule, to fit in about half a minute
     train_cfg = replace(train_cfg, steps=450, lr=5e-3, checkpoint_every=150)
 batch = task.sample(4, torch.Generator().manual_seed(0))
 print(task.decode(batch.tokens))

@@ -8,10 +8,10 @@
 # random tokens with a subsequence repeated and learns to predict each repeat from its first copy:
 # the loss stays at the uniform level until the induction heads form, then drops.
 #
-# Both run small here (well under a minute together on a CPU). At full scale (the scripts'
-# defaults, `scripts/train_skip_trigram.py` and `scripts/train_induction.py`) the README reports
-# the skip-trigram loss under 0.01 at step 341 and the induction loss 4.37 at step 500, 2.83 at
-# 800 and 0.74 at 1000.
+# Both run small here (the whole notebook takes about half a minute on a 2-core CPU). At full
+# scale (the scripts' defaults, `scripts/train_skip_trigram.py` and `scripts/train_induction.py`)
+# the README reports the skip-trigram loss under 0.01 at step 341 and the induction loss 4.37 at
+# step 500, 2.83 at 800 and 0.74 at 1000.
 
 # %%
 import os

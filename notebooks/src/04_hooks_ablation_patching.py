@@ -52,8 +52,8 @@ tokens = batch.tokens
 
 
 def task_loss(logits):
-    """The task's loss: next-token loss on the predictable tokens of the repeats."""
-    return loss_fn(logits[:, task.pred_pos], batch.targets, batch.mask).item()
+    """The task's loss (a scalar tensor): next-token loss on the predictable tokens of the repeats."""
+    return loss_fn(logits[:, task.pred_pos], batch.targets, batch.mask)
 
 
 print(model.cfg)
@@ -79,7 +79,8 @@ def ablate_head(value, hook, head):
 
 for layer in range(model.cfg.n_layers):
     for head in range(model.cfg.n_heads):
-        logits = model.run_with_hooks(tokens, fwd_hooks=[(utils.get_act_name("v", layer), partial(ablate_head, head=head))])
+        hook_fn = partial(ablate_head, head=head)
+        logits = model.run_with_hooks(tokens, fwd_hooks=[(utils.get_act_name("v", layer), hook_fn)])
         print(f"L{layer}H{head}'s values zeroed: loss {task_loss(logits):.3f}")
 
 # %% [markdown]
@@ -141,12 +142,11 @@ def save_grad(grad, hook):
 
 
 with model.hooks(bwd_hooks=[(utils.get_act_name("pattern", 1), save_grad)]):
-    loss = loss_fn(model(tokens)[:, task.pred_pos], batch.targets, batch.mask)
-    loss.backward()
+    task_loss(model(tokens)).backward()
 model.zero_grad(set_to_none=True)
 print({name: tuple(g.shape) for name, g in grads.items()}, "| hooks left:", model.hook_counts())
 _, grad_cache = model.run_with_cache(tokens, incl_bwd=True, names_filter=lambda name: "pattern" in name,
-                                     loss_fn=lambda logits: loss_fn(logits[:, task.pred_pos], batch.targets, batch.mask))
+                                     loss_fn=task_loss)
 model.zero_grad(set_to_none=True)
 assert torch.allclose(grad_cache["blocks.1.attn.hook_pattern_grad"], grads["blocks.1.attn.hook_pattern"])
 
@@ -167,7 +167,7 @@ for kind in ("mean", "resample"):
 print(f"clean loss {tables['zero'].attrs['clean_loss']:.3f}")
 display(summary.round(3))
 manual = model.run_with_hooks(tokens, fwd_hooks=[(utils.get_act_name("v", 1), partial(ablate_head, head=0))])
-assert abs(summary.set_index("node").loc["L1H0", "zero"] - task_loss(manual)) < 1e-4
+assert abs(summary.set_index("node").loc["L1H0", "zero"] - task_loss(manual).item()) < 1e-4
 
 # %% [markdown]
 # ## Activation patching

@@ -104,5 +104,6 @@ curves = pd.DataFrame({name: load_run(RUNS / name, load_model=False).metrics.tra
 ax = curves.rolling(10, min_periods=1).mean().plot(logy=True, figsize=(9, 4), title="Training loss of the large model")
 ax.set_xlabel("step")
 if INTERACTIVE:
-    interactive.loss_figure(curves.reset_index(names="step"), columns=list(curves), title="Large model: inserted vs scratch").show()
+    interactive.loss_figure(curves.reset_index(names="step"), columns=list(curves),
+                            title="Large model: inserted vs from scratch").show()
 curves.iloc[[0, -1]]
