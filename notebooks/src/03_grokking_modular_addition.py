@@ -62,8 +62,9 @@ for column in ("train_acc", "test_acc"):
 
 # %% [markdown]
 # Train loss falls within a few dozen epochs (memorisation) while the test loss stays high; the
-# test loss collapses much later. (The small version reaches about half of the test pairs early:
-# with p = 31 and 60% of the pairs, many test pairs `b + a` have their mirror `a + b` in training.)
+# test loss collapses much later. (The small version gets about half of the test pairs right
+# early: those whose mirror `b + a` is a training pair. With p = 31 and 60% of the pairs for
+# training that is over half of them; the model treats its two inputs almost alike.)
 
 # %%
 display(Image(filename=run.path / "loss.png", width=720))
