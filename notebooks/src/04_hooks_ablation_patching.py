@@ -8,8 +8,8 @@
 # classic TransformerLens exercise on a small two-layer induction model trained here in seconds
 # (the same as in notebook 2), then shows grokmath's batched ablation and patching, which run many
 # edits in one forward pass. At full scale (`python scripts/train_induction.py`, the seed set-up)
-# the README reports the induction loss 4.37 at step 500 and 0.74 at step 1000; every cell below
-# works unchanged on that model (`load_run` its folder).
+# the README reports the induction loss 4.37 at step 500 and 0.74 at step 1000; the cells after
+# the first work on that model too: take `model` and `task` from `load_run` of its folder.
 
 # %%
 import os
