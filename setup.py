@@ -10,5 +10,8 @@ setup(
     python_requires=">=3.10",
     # torch is pinned by the install command in the README (CPU build); any recent torch works.
     install_requires=["torch>=2.1", "einops", "numpy", "matplotlib", "pandas", "tqdm"],
-    extras_require={"dev": ["pytest"]},
+    # optional: dev runs the tests, which execute the notebooks (nbclient, nbformat, ipykernel) and their
+    # interactive figures (plotly); notebooks is for people who open them (README: Notebooks)
+    extras_require={"dev": ["pytest", "nbformat", "nbclient", "ipykernel", "plotly"],
+                    "notebooks": ["plotly", "jupyterlab", "ipywidgets"]},
 )

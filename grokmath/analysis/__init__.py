@@ -9,4 +9,5 @@
 - fourier: digit and mod-p Fourier bases and projections of the model onto them
 - sae, sae_run: sparse autoencoders on activations
 - common, plots: answer-position logits and their score (grokmath.losses), batched variants, heatmaps
+- interactive: plotly figures for notebooks (attention per head, loss curves, heatmaps); plotly optional
 """

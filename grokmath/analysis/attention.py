@@ -5,7 +5,9 @@
 strings on both axes. `attention_grad_to_signal(model, batch, task)` is what the seed notebook
 records during skip-trigram training with backward hooks: the gradient of the mean loss with
 respect to the attention that the query (last) position pays to the signal token, averaged over
-the questions of each target.
+the questions of each target. `induction_scores` and `previous_token_scores` read patterns
+[layer, batch, head, query, key] and say per head how much attention goes where an induction head
+(the token after an earlier occurrence of the current token) or a previous-token head looks.
 """
 from __future__ import annotations
 
@@ -73,3 +75,33 @@ def attention_grad_to_signal(model, batch, task, layer: int = 0) -> torch.Tensor
     n_targets = task.d_vocab_out
     one_hot = torch.nn.functional.one_hot(batch.meta["target"], n_targets).to(grad.dtype)  # [batch, target]
     return (one_hot.T @ to_signal).T / one_hot.sum(0)  # [head, target]
+
+
+def previous_token_scores(patterns: torch.Tensor) -> torch.Tensor:
+    """patterns [layer, batch, head, query, key] -> [layer, head]: the mean attention each query
+    (position 1 on) pays to the position just before it."""
+    if patterns.dim() != 5 or patterns.shape[-1] != patterns.shape[-2]:
+        raise ValueError(f"patterns must be [layer, batch, head, query, key], got {tuple(patterns.shape)}")
+    return patterns.diagonal(offset=-1, dim1=-2, dim2=-1).mean((1, 3))  # [layer, head]
+
+
+def induction_scores(patterns: torch.Tensor, batch, task) -> torch.Tensor:
+    """patterns [layer, batch, head, query, key] of an induction batch -> [layer, head]: at each token
+    of a repeat (copy 1 on) whose next token is in the repeat too, the attention paid to the tokens
+    just after the same token's earlier occurrences (in every earlier copy, summed), averaged.
+    An induction head scores near 1; other heads near 0. Needs batch.meta['starts'] (the induction task)."""
+    if "starts" not in batch.meta or not hasattr(task, "subseq_len"):
+        raise ValueError("induction_scores needs batches of the induction task (meta 'starts')")
+    if patterns.dim() != 5 or patterns.shape[1] != len(batch):
+        raise ValueError(f"patterns must be [layer, batch, head, query, key] for the batch's {len(batch)} "
+                         f"sequences, got {tuple(patterns.shape)}")
+    starts = batch.meta["starts"].to(patterns.device)  # [batch, n_repeats]
+    offsets = torch.arange(task.subseq_len - 1, device=patterns.device)  # the copy's tokens but the last
+    rows = torch.arange(len(batch), device=patterns.device)[:, None]  # [batch, 1]
+    scores = []
+    for i in range(1, starts.shape[1]):
+        query = starts[:, i:i + 1] + offsets  # [batch, subseq_len - 1]
+        to_earlier = sum(patterns[:, rows, :, query, starts[:, k:k + 1] + offsets + 1]  # [batch, j, layer, head]
+                         for k in range(i))
+        scores.append(to_earlier.mean((0, 1)))  # [layer, head]
+    return torch.stack(scores).mean(0)
