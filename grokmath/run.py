@@ -30,7 +30,8 @@ from .train import TrainResult, check_data_parallel, check_stackable, resolve_de
 
 
 def start_run(model_cfg: ModelConfig, task, train_cfg: TrainConfig, run_dir, overwrite: bool = False,
-              device=None, progress: bool = True, plots: bool = True, insert: dict | None = None) -> TrainResult:
+              device=None, progress: bool = True, plots: bool = True, insert: dict | None = None,
+              step_path: str = "auto") -> TrainResult:
     """Create the run folder (config.json), train, and draw the run's plots.
 
     insert: start from a trained smaller run (grokmath.insert): the keyword arguments of
@@ -45,7 +46,8 @@ def start_run(model_cfg: ModelConfig, task, train_cfg: TrainConfig, run_dir, ove
         config["insert"] = inserter.describe()
         after_step = inserter.after_step if inserter.mode >= 2 else None
     prepare_runs([run_dir], [config], overwrite)
-    result = train(model, task, train_cfg, run_dir, device, progress=progress, after_step=after_step)
+    result = train(model, task, train_cfg, run_dir, device, progress=progress, after_step=after_step,
+                   step_path=step_path)
     if plots:
         plot_run(run_dir)
     return result
@@ -60,14 +62,14 @@ def seed_run_dirs(run_dir, seed: int, seeds: list[int]) -> list[Path]:
 
 def start_seed_runs(model_cfg: ModelConfig, task, train_cfg: TrainConfig, seeds: list[int], run_dirs,
                     overwrite: bool = False, device=None, progress: bool = True,
-                    plots: bool = True) -> list[TrainResult]:
+                    plots: bool = True, step_path: str = "auto") -> list[TrainResult]:
     """Create one run folder per seed (as single runs would, plus group.json), train them together
     in the one loop, draw each one's plots."""
     device = resolve_device(device)
     check_stackable(train_cfg, seeds)
     configs = [run_config(replace(model_cfg, seed=s), task, replace(train_cfg, seed=s)) for s in seeds]
     prepare_runs(run_dirs, configs, overwrite)
-    results = train_seeds(model_cfg, task, train_cfg, seeds, run_dirs, device, progress=progress)
+    results = train_seeds(model_cfg, task, train_cfg, seeds, run_dirs, device, progress=progress, step_path=step_path)
     if plots:
         for run_dir in run_dirs:
             plot_run(run_dir)
@@ -122,7 +124,7 @@ def _without_seed(config: dict) -> dict:
 
 
 def resume_runs(run_dir, device=None, steps: int | None = None, progress: bool = True, plots: bool = True,
-                warn=print) -> list[TrainResult]:
+                warn=print, step_path: str = "auto") -> list[TrainResult]:
     """Continue a run (or its whole --seeds group) from its newest resumable checkpoint, optionally
     to a larger `steps`; returns one result per run, in the group's order."""
     device = resolve_device(device)
@@ -151,14 +153,14 @@ def resume_runs(run_dir, device=None, steps: int | None = None, progress: bool =
     if len(members) > 1:
         seeds = [run.train_cfg.seed for run in loaded]
         results = train_seeds(first.model_cfg, first.task, train_cfg, seeds, members, device, resume=True,
-                              progress=progress, warn=warn)
+                              progress=progress, warn=warn, step_path=step_path)
     else:
         model, after_step = Transformer(first.model_cfg).to(device), None
         insert = first.config.get("insert")
         if insert and insert["mode"] >= 2:  # keep restoring the inserted model's parts
             after_step = inserter_from_run(model, **insert).after_step
         results = [train(model, first.task, train_cfg, members[0], device, resume=True, progress=progress,
-                         warn=warn, after_step=after_step)]
+                         warn=warn, after_step=after_step, step_path=step_path)]
     if plots:
         for member in members:
             plot_run(member)
@@ -166,8 +168,8 @@ def resume_runs(run_dir, device=None, steps: int | None = None, progress: bool =
 
 
 def resume_run(run_dir, device=None, steps: int | None = None, progress: bool = True, plots: bool = True,
-               warn=print) -> TrainResult:
+               warn=print, step_path: str = "auto") -> TrainResult:
     """resume_runs, returning the result of run_dir itself (its group, if any, is resumed too)."""
     members = [m.resolve() for m in group_of(run_dir)]
-    results = resume_runs(run_dir, device, steps, progress, plots, warn)
+    results = resume_runs(run_dir, device, steps, progress, plots, warn, step_path)
     return results[members.index(Path(run_dir).resolve())]
