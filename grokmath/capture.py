@@ -16,10 +16,10 @@ path against the eager loop bit for bit.
 Nothing here is trusted blindly. `capture` keeps a capture only after a self-check: from the same
 state, CHECK_STEPS steps run eagerly and as replays must agree (metrics rows, weights, optimizer
 and Grokfast state, counters; floats to float tolerance); if capture raises or the check fails,
-the loop falls back to its eager step and says why in summary.json. At every flush the rows' step
-and learning-rate columns are checked against the loop's own count (the buffer is refilled with
-NaN after each read), so a replay that stops writing, writes twice or drifts stops the run with
-a CapturedStepError instead of passing silently. The loop (grokmath.train) decides the path:
+the loop falls back to its eager step and says why in summary.json. At every flush the device's
+counters and the rows' step and learning-rate columns are checked against the loop's own count (the buffer is
+refilled with NaN after each read), so a replay that stops writing, runs twice or drifts stops
+the run with a CapturedStepError instead of passing silently. The loop (grokmath.train) decides the path:
 `choose_step_path` gives the eager step on a CPU, under hooks, with DistributedDataParallel or
 --skip-nonfinite, and with it the reason.
 """
@@ -32,6 +32,7 @@ from typing import Callable
 
 import numpy as np
 import torch
+from torch.nn.modules import module as torch_module  # the global module-hook tables live there
 
 from .config import TrainConfig
 from .grokfast import GradFilter, StaticGradFilter
@@ -75,8 +76,6 @@ class CUDAGraphCapture:
 def hooks_attached(modules) -> bool:
     """Whether any hook (grokmath HookPoint or torch module hook, global ones too) would run in a forward
     or backward of these modules: a captured graph would run it once, at capture, and never again."""
-    from torch.nn.modules import module as torch_module  # the global hook tables live there
-
     if any(getattr(torch_module, f"_global_{kind}", None) for kind in
            ("forward_hooks", "forward_pre_hooks", "backward_hooks", "backward_pre_hooks")):  # register_module_*_hook
         return True
@@ -165,7 +164,8 @@ class StaticStep:
         lr_dtype = torch.float32 if device.type == "cuda" else torch.float64  # fused CUDA AdamW reads float32
         self.lr = torch.zeros((), dtype=lr_dtype, device=device)
         self.row = torch.zeros((), dtype=torch.int64, device=device)
-        self.rows = torch.full((self.K, flush_every, len(columns)), math.nan, dtype=torch.float64, device=device)
+        # one spare row at the end: a step past the capacity (a bug) writes there, and the flush says so
+        self.rows = torch.full((self.K, flush_every + 1, len(columns)), math.nan, dtype=torch.float64, device=device)
         self.test_columns = torch.tensor([c.startswith("test_") for c in columns[2:]], device=device)
         self.test_sums = torch.zeros(self.K, 3, self.n_pred, dtype=torch.float64, device=device)
         self.tested = torch.zeros((), dtype=torch.bool, device=device)
@@ -243,7 +243,8 @@ class StaticStep:
                 values = torch.where(self.test_columns & ~self.tested, math.nan, values)
                 self.tested.fill_(False)
             head = torch.stack([self.step.to(torch.float64), lr]).expand(K, 2)
-            self.rows.index_copy_(1, self.row.view(1), torch.cat([head, values], dim=1)[:, None])
+            at = self.row.clamp(max=self.rows.shape[1] - 1).view(1)
+            self.rows.index_copy_(1, at, torch.cat([head, values], dim=1)[:, None])
             self.row += 1
             self.step += 1
 
@@ -257,7 +258,7 @@ class StaticStep:
 
     def run(self, test: bool) -> None:
         """One training step (its inputs already filled), the test set first when `test`."""
-        assert self.pending < self.rows.shape[1], "the loop flushes the metrics buffer before it is full"
+        assert self.pending < self.rows.shape[1] - 1, "the loop flushes the metrics buffer before it is full"
         if test:
             self.replay_test()
         self.replay_train()
@@ -268,10 +269,15 @@ class StaticStep:
         """The pending rows [K, n, n_columns] (one synchronisation), checked against the loop's count;
         the buffer is refilled with NaN so that an unwritten row cannot pass as an old one."""
         n, first = self.pending, self.first_pending
-        values = self.rows[:, :n].to("cpu", copy=True).numpy()  # a copy: the buffer is refilled next
-        self.rows[:, :n].fill_(math.nan)
+        values = self.rows.to("cpu", copy=True).numpy()  # a copy: the buffer is refilled next
+        step, row = torch.stack([self.step, self.row]).tolist()
+        self.rows.fill_(math.nan)
         self.row.zero_()
         self.pending, self.first_pending = 0, first + n
+        if (step, row) != (first + n, n):
+            raise CapturedStepError(f"the captured step counted {row} steps up to step {step} where the loop ran "
+                                    f"{n} up to step {first + n}: rerun with --no-capture")
+        values = values[:, :n]
         steps = np.arange(first, first + n)
         if not (values[:, :, 0] == steps).all():
             raise CapturedStepError(f"the captured step wrote rows for steps {values[0, :, 0].tolist()} where the "
