@@ -106,8 +106,8 @@ def test_device_schedule_equals_lr_factor_at_every_step(cfg):
 def test_static_step_equals_the_eager_loop_bit_for_bit(name):
     task, model, cfg = setup(name)
     eager_model, static_model = tiny(task, **model), tiny(task, **model)
-    eager = train(eager_model, task, cfg, progress=False)
-    static = train(static_model, task, cfg, progress=False, step_path="static")
+    eager = train(eager_model, task, cfg, device="cpu", progress=False)
+    static = train(static_model, task, cfg, device="cpu", progress=False, step_path="static")
     assert (eager.step_path, static.step_path, static.step_path_reason) == ("eager", "static", None)
     pd.testing.assert_frame_equal(static.metrics, eager.metrics, check_exact=True)
     assert_same_weights(static_model, eager_model)
@@ -118,8 +118,8 @@ def test_stacked_seeds_static_step_equals_the_eager_loop():
     task = make_task("addition", n_digits=2)
     model_cfg = model_config_for(task, d_model=16, n_heads=2, seed=0)
     cfg = TrainConfig(steps=30, lr=3e-3, batch_size=16, grokfast="ma", grokfast_window=4, schedule="cosine")
-    eager = train_seeds(model_cfg, task, cfg, [3, 5, 7], progress=False)
-    static = train_seeds(model_cfg, task, cfg, [3, 5, 7], progress=False, step_path="static")
+    eager = train_seeds(model_cfg, task, cfg, [3, 5, 7], device="cpu", progress=False)
+    static = train_seeds(model_cfg, task, cfg, [3, 5, 7], device="cpu", progress=False, step_path="static")
     for a, b in zip(eager, static):
         assert b.step_path == "static"
         pd.testing.assert_frame_equal(b.metrics, a.metrics, check_exact=True)
@@ -137,8 +137,8 @@ def test_static_checkpoints_equal_the_eager_loops(tmp_path, name):
     """Every part of a resumable state: weights, AdamW state and hyperparameters, the scheduler, the
     generators and the Grokfast filter, so either step can resume the other's run."""
     task, model, cfg = setup(name, steps=16, checkpoint_every=8, schedule="cosine")
-    train(tiny(task, **model), task, cfg, make_run(tmp_path / "eager"), progress=False)
-    train(tiny(task, **model), task, cfg, make_run(tmp_path / "static"), progress=False, step_path="static")
+    train(tiny(task, **model), task, cfg, make_run(tmp_path / "eager"), device="cpu", progress=False)
+    train(tiny(task, **model), task, cfg, make_run(tmp_path / "static"), device="cpu", progress=False, step_path="static")
     for step in (8, 16):
         eager, static = (RunDir(tmp_path / kind).load_state(step) for kind in ("eager", "static"))
         assert_same_tree(static, eager)
@@ -157,13 +157,13 @@ def interrupt_at(stop_step):
 def test_static_step_resumes_bit_identically(tmp_path, first, second):
     task, model, cfg = setup("grokfast-ema", steps=24, checkpoint_every=8, schedule="cosine")
     reference_model = tiny(task, **model)
-    reference = train(reference_model, task, cfg, progress=False)
+    reference = train(reference_model, task, cfg, device="cpu", progress=False)
     path = make_run(tmp_path / "run")
     with pytest.raises(TrainingInterrupted, match="at step 14"):
-        train(tiny(task, **model), task, cfg, path, progress=False, step_path=first, after_step=interrupt_at(13))
+        train(tiny(task, **model), task, cfg, path, device="cpu", progress=False, step_path=first, after_step=interrupt_at(13))
     assert RunDir(path).state_steps() == [8, 14]
     resumed_model = tiny(task, **model)
-    resumed = train(resumed_model, task, cfg, path, resume=True, progress=False, step_path=second)
+    resumed = train(resumed_model, task, cfg, path, resume=True, device="cpu", progress=False, step_path=second)
     assert resumed.step_path == second
     pd.testing.assert_frame_equal(resumed.metrics, reference.metrics, check_exact=True)
     assert_same_weights(resumed_model, reference_model)
@@ -194,12 +194,12 @@ def raises(fn):
 ])
 def test_a_corrupting_capture_falls_back_to_the_eager_step_and_says_why(tmp_path, fake, fragment):
     task, model, cfg = setup("finite-with-test", steps=20)
-    reference = train(tiny(task, **model), task, cfg, progress=False)
+    reference = train(tiny(task, **model), task, cfg, device="cpu", progress=False)
     m = tiny(task, **model)
     make = {"noop": lambda fn: (lambda: None), "twice": lambda fn: (lambda: (fn(), fn())),
             "nudged": nudged(m), "raises": raises}[fake]
     warnings = []
-    result = train(m, task, cfg, make_run(tmp_path / "run"), progress=False, step_path="static",
+    result = train(m, task, cfg, make_run(tmp_path / "run"), device="cpu", progress=False, step_path="static",
                    capturer=Fake("fake_graph", make), warn=warnings.append)
     assert result.step_path == "eager" and fragment in result.step_path_reason
     assert warnings and fragment in warnings[0]
@@ -210,7 +210,7 @@ def test_a_corrupting_capture_falls_back_to_the_eager_step_and_says_why(tmp_path
 
 def test_a_faithful_capture_passes_the_self_check_and_is_used(tmp_path):
     task, model, cfg = setup("grokfast-ma", steps=20)
-    reference = train(tiny(task, **model), task, cfg, progress=False)
+    reference = train(tiny(task, **model), task, cfg, device="cpu", progress=False)
     replays = [0]
 
     def make(fn):
@@ -219,7 +219,7 @@ def test_a_faithful_capture_passes_the_self_check_and_is_used(tmp_path):
             fn()
         return replay
 
-    result = train(tiny(task, **model), task, cfg, make_run(tmp_path / "run"), progress=False, step_path="static",
+    result = train(tiny(task, **model), task, cfg, make_run(tmp_path / "run"), device="cpu", progress=False, step_path="static",
                    capturer=Fake("fake_graph", make))
     assert (result.step_path, result.step_path_reason) == ("fake_graph", None)
     assert replays[0] == CHECK_STEPS + cfg.steps  # the self-check's replays, then one per step
@@ -247,7 +247,7 @@ def test_a_replay_that_goes_wrong_after_the_self_check_stops_the_run(fault):
         return replay
 
     with pytest.raises(CapturedStepError, match="rerun with --no-capture"):
-        train(tiny(task, **model), task, cfg, progress=False, step_path="static", capturer=Fake("fake_graph", make))
+        train(tiny(task, **model), task, cfg, device="cpu", progress=False, step_path="static", capturer=Fake("fake_graph", make))
 
 
 def test_the_eager_step_runs_where_a_capture_cannot_and_says_why(tmp_path):
@@ -263,7 +263,7 @@ def test_the_eager_step_runs_where_a_capture_cannot_and_says_why(tmp_path):
     with pytest.raises(ValueError, match="use one of"):
         choose_step_path("graph", cpu, [m], cfg, 1)
     m.add_hook("blocks.0.hook_resid_pre", lambda x, hook: None)  # a grokmath hook ...
-    result = train(m, task, cfg, make_run(tmp_path / "a"), progress=False, step_path="static")
+    result = train(m, task, cfg, make_run(tmp_path / "a"), device="cpu", progress=False, step_path="static")
     assert result.step_path == "eager" and "hooks are attached" in result.step_path_reason
     m.reset_hooks()
     m2 = tiny(task, **model)
