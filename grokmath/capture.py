@@ -2,13 +2,15 @@
 a CUDA graph on a GPU, trusted only after it has been checked against the eager step.
 
 `StaticStep` holds everything a step reads or writes at fixed addresses: the K models' input
-buffers (tokens, targets, mask and case masks, [K, batch, ...], filled by copy before each step;
-from pinned host memory on a copy stream on a GPU), a device step counter from which the learning
-rate is computed on the device (grokmath.schedule's `device_lr_factor`, equal to `lr_factor` at
-every step), the optimizer's learning rate as a tensor, and a metrics buffer
-[K, FLUSH_EVERY, n_columns] into which each step writes its row at a device index. Its `train_fn`
-(learning rate, grokmath.train's `train_step`, metrics row) and `test_fn` (the held-out set's
-sums) read and write only those, so a capturer can record each once and replay it:
+buffers ([K, batch, ...], filled by copy before each step; on a GPU from pinned host memory on a
+copy stream), a device step counter from which the learning rate is computed on the device
+(grokmath.schedule's `device_lr_factor`, equal to `lr_factor` at every step), the optimizer's
+learning rate as a tensor, and a metrics buffer [K, FLUSH_EVERY, n_columns] into which each step
+writes its row at a device index. For tasks that draw their digits apart from building the batch
+(addition, arithmetic: `task.draw`), only the drawn digits cross from the host and the step builds
+tokens, targets and case masks from them on the device (the same integers as `task.sample`). Its
+`train_fn` (learning rate, grokmath.train's `train_step`, metrics row) and `test_fn` (the held-out
+set's sums) read and write only those buffers, so a capturer can record each once and replay it:
 `CUDAGraphCapture` (torch.cuda.graph after warm-up steps on a side stream, as the PyTorch docs
 ask). Without a capturer the same functions run as they are: that is how the CPU tests check this
 path against the eager loop bit for bit.
@@ -17,11 +19,11 @@ Nothing here is trusted blindly. `capture` keeps a capture only after a self-che
 state, CHECK_STEPS steps run eagerly and as replays must agree (metrics rows, weights, optimizer
 and Grokfast state, counters; floats to float tolerance); if capture raises or the check fails,
 the loop falls back to its eager step and says why in summary.json. At every flush the device's
-counters and the rows' step and learning-rate columns are checked against the loop's own count (the buffer is
-refilled with NaN after each read), so a replay that stops writing, runs twice or drifts stops
-the run with a CapturedStepError instead of passing silently. The loop (grokmath.train) decides the path:
-`choose_step_path` gives the eager step on a CPU, under hooks, with DistributedDataParallel or
---skip-nonfinite, and with it the reason.
+counters and the rows' step and learning-rate columns are checked against the loop's own count
+(the buffer is refilled with NaN after each read), so a replay that stops writing, runs twice or
+drifts stops the run with a CapturedStepError instead of passing silently. The loop
+(grokmath.train) decides the path: `choose_step_path` gives the eager step on a CPU, under hooks,
+with DistributedDataParallel or --skip-nonfinite, and with it the reason.
 """
 from __future__ import annotations
 
@@ -150,8 +152,11 @@ class StaticStep:
         self.pred_pos, self.optimizer, self.scheduler = pred_pos, optimizer, scheduler
         self.grad_filter, self.train_step = grad_filter, train_step
         self.K, self.n_pred = len(models), len(task.pred_labels)
-        self.has_test = datas[0].test is not None
+        self.task, self.has_test = task, datas[0].test is not None
         self.full_batch = datas[0].full_batch
+        # fresh batches of a task that can draw them apart (addition, arithmetic): only the random digits
+        # cross from the host, and the step builds the batch from them on the device
+        self.builds = datas[0].train is None and hasattr(task, "draw")
         # the input buffers, first filled with examples of the right shape that no generator paid for
         first = [self._shape_example(task, data) for data in datas]
         self.tokens = torch.stack([b.tokens for b, _ in first]).to(device)  # [K, batch, n_ctx]
@@ -159,6 +164,9 @@ class StaticStep:
         self.mask = None if first[0][0].mask is None else torch.stack([b.mask for b, _ in first]).to(device)
         self.cases = None if first[0][1] is None else torch.stack([c for _, c in first]).to(device)
         self.batch = Batch(self.tokens, self.targets, self.mask)  # what train_step reads, [K, ...]
+        if self.builds:  # the digits [K, batch, ...] that `build` turns into the buffers above
+            drawn = task.draw(self.cfg.batch_size, torch.Generator().manual_seed(0))
+            self.drawn = [torch.stack([d] * self.K).to(device) for d in drawn]
         # the step counter, the learning rate and the metrics buffer, all on the device
         self.step = torch.tensor(start, dtype=torch.int64, device=device)
         lr_dtype = torch.float32 if device.type == "cuda" else torch.float64  # fused CUDA AdamW reads float32
@@ -197,14 +205,34 @@ class StaticStep:
         return data.train.index(rows), None if data.train_cases is None else data.train_cases[:, rows]
 
     def inputs(self) -> list[torch.Tensor]:
+        """The buffers `fill` copies into: the drawn digits, or the batch and its case masks."""
+        if self.builds:
+            return self.drawn
         return [t for t in (self.tokens, self.targets, self.mask, self.cases) if t is not None]
 
-    def fill(self, drawn: list) -> None:
-        """Copy the K models' (batch, case masks) into the input buffers (full batch: they hold it already)."""
+    def next_inputs(self, datas) -> list[list[torch.Tensor]]:
+        """The next step's inputs of each model, in the order of `inputs()` (on the host where drawn)."""
+        if self.builds:
+            return [list(data.draw_next()) for data in datas]
+        rows = [[b.tokens, b.targets, b.mask, c] for b, c in (data.next(to_device=False) for data in datas)]
+        return [[t for t in row if t is not None] for row in rows]
+
+    def build(self) -> None:
+        """The K batches and their case masks from the drawn digits, on the device (the task's from_digits,
+        row by row, so the same batches as task.sample gives)."""
+        K, size = self.tokens.shape[:2]
+        batch = self.task.from_digits(*(d.flatten(0, 1) for d in self.drawn))  # K * batch rows
+        self.tokens.copy_(batch.tokens.unflatten(0, (K, size)))
+        self.targets.copy_(batch.targets.unflatten(0, (K, size)))
+        if self.mask is not None:
+            self.mask.copy_(batch.mask.unflatten(0, (K, size)))
+        if self.cases is not None:  # [n_cases, K * batch, n_pred] -> [K, n_cases, batch, n_pred]
+            self.cases.copy_(self.datas[0].stack_cases(batch).unflatten(1, (K, size)).transpose(0, 1))
+
+    def fill(self, sources: list[list[torch.Tensor]]) -> None:
+        """Copy each model's inputs (next_inputs) into the input buffers (full batch: they hold it already)."""
         if self.full_batch:
             return
-        sources = [[b.tokens, b.targets, b.mask, c] for b, c in drawn]
-        sources = [[s for s in row if s is not None] for row in sources]
         if self.staging is None or sources[0][0].device.type != "cpu":
             for k, row in enumerate(sources):
                 for buffer, source in zip(self.inputs(), row):
@@ -227,6 +255,8 @@ class StaticStep:
     def train_fn(self) -> None:
         """One step: learning rate from the step counter, train_step, the metrics row at the row index."""
         cfg, K = self.cfg, self.K
+        if self.builds:
+            self.build()
         lr = cfg.lr * device_lr_factor(cfg, self.step)  # float64, LambdaLR's base_lr * factor
         self.lr.copy_(lr)
         losses, nll, logits, _ = self.train_step(self.models, self.batch, self.pred_pos, self.optimizer,
@@ -343,28 +373,29 @@ class StaticStep:
 
     def capture(self, capturer) -> str | None:
         """Capture train_fn (and test_fn) with `capturer` and keep the replays if they pass the
-        self-check; otherwise keep the uncaptured functions and return why (the loop then runs eager)."""
-        before = self.snapshot()
+        self-check; otherwise keep the uncaptured functions and return why (the loop then runs eager).
+        The state is as it was either way: every stage starts from the same snapshot."""
+        try:
+            before = self.snapshot()
+        except Exception as error:  # e.g. out of memory: nothing has changed yet
+            return f"no memory to check a capture ({type(error).__name__}: {first_line(error)})"
+        stage = "capturing the step"
         try:
             with warnings.catch_warnings():  # capturable AdamW warns when stepped outside a capture
                 warnings.simplefilter("ignore")
                 replay_train = capturer(self.train_fn)
                 replay_test = capturer(self.test_fn) if self.has_test else self.test_fn
-        except Exception as error:  # any failure to capture means: run eager, and say why
+                self.restore(before)
+                stage = "stepping eagerly for the self-check"
+                self.steps(CHECK_STEPS, self.test_fn, self.train_fn)
+                reference = self.snapshot()
+                self.restore(before)
+                stage = "replaying the captured step"
+                self.steps(CHECK_STEPS, replay_test, replay_train)
+                replayed = self.snapshot()
+        except Exception as error:  # any failure means: run eager, and say why
             self.restore(before)
-            return f"capturing the step failed ({type(error).__name__}: {first_line(error)})"
-        self.restore(before)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            self.steps(CHECK_STEPS, self.test_fn, self.train_fn)
-        reference = self.snapshot()
-        self.restore(before)
-        try:
-            self.steps(CHECK_STEPS, replay_test, replay_train)
-        except Exception as error:
-            self.restore(before)
-            return f"replaying the captured step failed ({type(error).__name__}: {first_line(error)})"
-        replayed = self.snapshot()
+            return f"{stage} failed ({type(error).__name__}: {first_line(error)})"
         self.restore(before)
         mismatch = compare_states([name for name, _ in self.state_tensors()], before, reference, replayed)
         if mismatch is not None:

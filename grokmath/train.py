@@ -24,6 +24,12 @@ continues from the newest state (for K models, the newest step every one of them
 reproduces an uninterrupted run bit for bit on CPU. SIGINT/SIGTERM save a state and raise
 TrainingInterrupted; a non-finite loss raises NonFiniteLoss (or, with skip_nonfinite, for one
 model only, is skipped).
+
+On a GPU the same step runs as a captured CUDA graph (grokmath.capture: static input buffers, the
+schedule and the metrics row on the device, a self-check against this eager step before it is
+trusted); the eager step runs on a CPU, under hooks, with DDP or skip_nonfinite, when asked
+(step_path='eager') or when the capture fails, and summary.json says which ran and why. cfg.tf32
+allows TF32 matmuls on the GPU for the run (fp32 otherwise).
 """
 from __future__ import annotations
 
@@ -158,6 +164,10 @@ class TrainData:
             return self.train, self.train_cases
         idx = torch.randperm(len(self.train), generator=self.gen)[: self.cfg.batch_size].to(self.device)
         return self.train.index(idx), None if self.train_cases is None else self.train_cases[:, idx]
+
+    def draw_next(self) -> tuple:
+        """What next() would build its fresh batch from (task.draw; the same draws of the generator)."""
+        return self.task.draw(self.cfg.batch_size, self.gen)
 
 
 def probe_batch(task, cfg: TrainConfig):
@@ -322,7 +332,8 @@ def run_loop(models, task, cfgs: list[TrainConfig], run_dirs: list, device: torc
     """The loop (see the module doc) for K models (`OneModel` or `StackedModels`) and their K
     configs (equal but for the seed) and run folders (all None: nothing is written). step_path and
     capturer: see `train`; the path that ran, and why not the captured one, go into summary.json."""
-    with tf32_matmuls(cfgs[0].tf32):
+    on_device = torch.cuda.device(device) if device.type == "cuda" else nullcontext()  # streams and graphs there
+    with tf32_matmuls(cfgs[0].tf32), on_device:
         return _run_loop(models, task, cfgs, run_dirs, device, resume, progress, warn, after_step, step_path,
                          capturer)
 
@@ -451,7 +462,7 @@ def _run_loop(models, task, cfgs, run_dirs, device, resume, progress, warn, afte
                 raise TrainingInterrupted(f"stopped by {name} at step {step}; {saved}", stop["signum"], runs[0].path)
             tested = has_test and step % cfg.test_every == 0
             if static is not None:  # the same step over static buffers: test sums, train step, metrics row
-                static.fill([data.next(to_device=False) for data in datas])
+                static.fill(static.next_inputs(datas))
                 static.run(test=tested)
                 if after_step is not None:
                     with torch.no_grad():

@@ -22,6 +22,7 @@ from grokmath.analysis.evaluate import evaluate
 from grokmath.capture import CHECK_STEPS, CapturedStepError, choose_step_path
 from grokmath.checkpoint import RunDir
 from grokmath.config import TrainConfig, model_config_for
+from grokmath.grokfast import GradFilter, StaticGradFilter
 from grokmath.model import Transformer
 from grokmath.schedule import device_lr_factor, lr_factor
 from grokmath.tasks import make_task
@@ -29,6 +30,7 @@ from grokmath.train import TrainingInterrupted, train, train_seeds
 
 from analysis_helpers import trained_addition
 from script_helpers import load_script
+from test_train import paper_ema, paper_ma
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (scripts/gpu_check.sh)")
 
@@ -98,6 +100,40 @@ class Fake:
 def test_device_schedule_equals_lr_factor_at_every_step(cfg):
     for step in range(cfg.steps + 3):  # past the end too: a resumed run may be extended
         assert device_lr_factor(cfg, torch.tensor(step)).item() == lr_factor(cfg, step), step
+
+
+@pytest.mark.parametrize("kind", ["ema", "ma"])
+def test_static_grokfast_filter_matches_the_papers_filters_and_keeps_their_state_format(kind):
+    """StaticGradFilter against the Grokfast paper's code (test_train's references) and, bit for bit,
+    the eager GradFilter, past a full MA window; its state passes through the eager filter's format
+    and back mid-way."""
+    torch.manual_seed(0)
+    ours, eager_model, ref = torch.nn.Linear(3, 2), torch.nn.Linear(3, 2), torch.nn.Linear(3, 2)
+    eager_model.load_state_dict(ours.state_dict())
+    ref.load_state_dict(ours.state_dict())
+    filt, state = StaticGradFilter(kind, ours.named_parameters(), alpha=0.9, lamb=2.0, window=3), None
+    eager = GradFilter(kind, alpha=0.9, lamb=2.0, window=3)
+    for step in range(7):
+        x = torch.randn(4, 3)
+        for m in (ours, eager_model, ref):
+            m.zero_grad()
+            (m(x) ** 2).sum().backward()
+        filt.apply(ours)
+        eager.apply(eager_model)
+        state = paper_ema(ref, state, 0.9, 2.0) if kind == "ema" else paper_ma(ref, state, 3, 2.0)
+        for a, b, c in zip(ours.parameters(), eager_model.parameters(), ref.parameters()):
+            assert torch.equal(a.grad, b.grad)
+            torch.testing.assert_close(a.grad, c.grad)
+        if step == 3:  # through the eager filter's format and back
+            assert_same_tree(filt.state_dict(), eager.state_dict())
+            middle = GradFilter(kind, alpha=0.9, lamb=2.0, window=3)
+            middle.load_state_dict(filt.state_dict())
+            filt = StaticGradFilter(kind, ours.named_parameters(), alpha=0.9, lamb=2.0, window=3)
+            filt.load_state_dict(middle.state_dict())
+        with torch.no_grad():
+            for m in (ours, eager_model, ref):
+                for p in m.parameters():
+                    p -= 0.1 * p.grad
 
 
 # ---- the static step equals the eager loop, bit for bit -------------------------------------------

@@ -28,6 +28,7 @@ answers) and 'mul'.
 from __future__ import annotations
 
 import time
+from contextlib import nullcontext
 
 import torch
 from tqdm.auto import tqdm
@@ -109,8 +110,10 @@ def evaluate(model, task, n_questions: int = 1_000_000, batch_size: int = 8192, 
     try:
         counts = None
         if path != "eager":
-            counts, why_not = static_counts(model, task, sampler, generator, n_questions, batch_size, device,
-                                            max_failures, bar, None if path == "static" else capturer or CUDAGraphCapture())
+            with torch.cuda.device(device) if device.type == "cuda" else nullcontext():  # its streams and graph
+                counts, why_not = static_counts(model, task, sampler, generator, n_questions, batch_size, device,
+                                                max_failures, bar,
+                                                None if path == "static" else capturer or CUDAGraphCapture())
             if counts is None:
                 path, reason = "eager", why_not
         if counts is None:
@@ -276,17 +279,20 @@ def checked_replay(step, state: list[torch.Tensor], capturer):
         for t, b in zip(state, before):
             t.copy_(b)
 
+    stage = "capturing the forward"
     try:
         replay = capturer(step)
-    except Exception as error:  # any failure to capture means: count eagerly, and say why
         restore()
-        return None, f"capturing the forward failed ({type(error).__name__}: {first_line(error)})"
-    restore()
-    step()
-    reference = [t.clone() for t in state]
-    restore()
-    replay()
-    same = all(torch.equal(r, t) for r, t in zip(reference, state))
+        stage = "the eager forward of the self-check"
+        step()
+        reference = [t.clone() for t in state]
+        restore()
+        stage = "replaying the captured forward"
+        replay()
+        same = all(torch.equal(r, t) for r, t in zip(reference, state))
+    except Exception as error:  # any failure means: count eagerly, and say why
+        restore()
+        return None, f"{stage} failed ({type(error).__name__}: {first_line(error)})"
     restore()
     if not same:
         return None, "the captured forward failed its self-check against the eager forward (counts differ)"
