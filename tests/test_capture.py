@@ -359,6 +359,22 @@ def test_a_corrupting_evaluation_capture_falls_back(trained):
         assert without_path(report) == without_path(eager)
 
 
+def test_a_captured_evaluation_that_goes_wrong_after_its_self_check_is_caught(trained):
+    model, task = trained
+
+    def make(fn):
+        calls = [0]
+
+        def replay():  # right for the self-check, then silently skips batches
+            calls[0] += 1
+            if calls[0] == 1 or calls[0] % 3:
+                fn()
+        return replay
+
+    with pytest.raises(RuntimeError, match="counted .* questions of 1,000 .*rerun with --no-capture"):
+        evaluate(model, task, 1000, batch_size=100, progress=False, step_path="static", capturer=Fake("g", make))
+
+
 def test_arithmetic_static_evaluation_equals_eager():
     task = make_task("arithmetic", n_digits=2, ops={"add": 30, "sub": 50, "mul": 20})
     model = tiny(task, n_layers=1).eval()

@@ -222,11 +222,12 @@ class StaticEvaluation:
             self.digit_wrong.add_((~right).sum(0))
             self.wrong.add_(failing.sum())
             self.class_counts.add_(torch.stack([members.sum(1), (members & failing).sum(1)], 1))
-            if self.max_failures:  # failing rows go to slots fail_count, fail_count + 1, ... in order
-                slot = self.fail_count + failing.cumsum(0) - 1  # [batch]
-                slot = torch.where(failing & (slot < self.max_failures), slot, self.max_failures)
-                self.fail_tokens.index_copy_(0, slot, tokens)
-                self.fail_right.index_copy_(0, slot, right)
+            if self.max_failures:  # the first failing rows, in order, to slots fail_count, fail_count + 1, ...
+                first = torch.sort((~failing).to(torch.int8), stable=True).indices[:self.max_failures]  # [m]
+                slot = self.fail_count + torch.arange(len(first), device=first.device)
+                slot = torch.where(failing[first] & (slot < self.max_failures), slot, self.max_failures)
+                self.fail_tokens.index_copy_(0, slot, tokens[first])
+                self.fail_right.index_copy_(0, slot, right[first])
             self.fail_count.add_(failing.sum())
         return step
 
@@ -267,7 +268,13 @@ def static_counts(model, task, sampler, generator, n_questions, batch_size, devi
             counts.step_fn(model, pred_pos, batch.tokens, batch.targets, classes)()
         done += part
         bar.update(part)
-    return counts.result(), None
+    result = counts.result()
+    digit_wrong, wrong, cases, _, _ = result
+    counted = sum(n for n, _ in cases.values())
+    if counted != n_questions or sum(w for _, w in cases.values()) != wrong or max(digit_wrong, default=0) > wrong:
+        raise RuntimeError(f"the captured evaluation counted {counted:,} questions of {n_questions:,} (a bug): "
+                           "rerun with --no-capture")
+    return result, None
 
 
 def checked_replay(step, state: list[torch.Tensor], capturer):
