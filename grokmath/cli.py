@@ -140,11 +140,12 @@ SHARED_FLAGS = [
     ("--grokfast-window", "grokfast_window", positive_int, "Grokfast MA window in steps"),
 ]
 TRAIN_FIELDS = ("steps", "seed", "batch_size", "lr", "weight_decay", "warmup", "schedule", "checkpoint_every",
-                "test_every", "grokfast", "grokfast_alpha", "grokfast_lamb", "grokfast_window", "skip_nonfinite")
+                "test_every", "grokfast", "grokfast_alpha", "grokfast_lamb", "grokfast_window", "skip_nonfinite",
+                "tf32")
 MODEL_FIELDS = ("d_model", "n_layers", "n_heads", "d_head", "d_mlp")
 # flags that may accompany --resume with any value (the rest must equal the run's saved settings)
-RESUME_FLAGS = {"resume", "device", "steps", "no_progress", "no_plots"}
-SWITCHES = ("overwrite", "skip_nonfinite", "no_progress", "no_plots")
+RESUME_FLAGS = {"resume", "device", "steps", "no_progress", "no_plots", "no_capture"}
+SWITCHES = ("overwrite", "skip_nonfinite", "no_progress", "no_plots", "tf32", "no_capture")
 
 
 def train_config_defaults() -> dict:
@@ -186,6 +187,12 @@ def training_parser(doc: str, experiment: str) -> ArgumentParser:
                         help="amplify slow gradients with Grokfast's EMA or MA filter (default: off)")
     parser.add_argument("--skip-nonfinite", action="store_true", default=None,
                         help="skip (and count) steps whose loss is NaN or inf instead of stopping the run")
+    parser.add_argument("--tf32", action="store_true", default=None,
+                        help="CUDA float32 matmuls in TF32 (tensor cores: faster, about 1e-3 relative error; "
+                        "recorded in config.json) (default: fp32, as the seed notebooks)")
+    parser.add_argument("--no-capture", action="store_true", default=None,
+                        help="run the eager training step on a GPU too, not the captured CUDA graph (the run's "
+                        "summary.json says which ran and why)")
     parser.add_argument("--no-progress", action="store_true", default=None, help="hide the progress bar")
     parser.add_argument("--no-plots", action="store_true", default=None, help="do not draw the PNG plots at the end")
     return parser
@@ -244,6 +251,7 @@ def run_training(args, task_options: dict, data: str | None = None, n_train: int
     from .train import resolve_device
     resolve_device(args.device)  # a bad --device fails before anything is written
     progress, plots = not args.no_progress, not args.no_plots
+    step_path = "eager" if args.no_capture else "auto"
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1 and (args.resume is not None or args.seeds):
         raise ValueError("--resume and --seeds run in one process: leave out torchrun")
@@ -251,7 +259,7 @@ def run_training(args, task_options: dict, data: str | None = None, n_train: int
         run.put_back_replaced(args.resume)  # a replacement stopped before its first checkpoint: the old run
         check_resume_flags(args, task_options, data, n_train, run_name, insert)
         for result in run.resume_runs(args.resume, args.device, args.steps if "steps" in args.given else None,
-                                      progress=progress, plots=plots, warn=_warn):
+                                      progress=progress, plots=plots, warn=_warn, step_path=step_path):
             report(result)
         return
     task, model_cfg, train_cfg = training_configs(args, task_options, data, n_train)
@@ -261,13 +269,13 @@ def run_training(args, task_options: dict, data: str | None = None, n_train: int
     if args.seeds:
         results = run.start_seed_runs(model_cfg, task, train_cfg, args.seeds,
                                       run.seed_run_dirs(run_dir, args.seed, args.seeds), overwrite=args.overwrite,
-                                      device=args.device, progress=progress, plots=plots)
+                                      device=args.device, progress=progress, plots=plots, step_path=step_path)
     elif world > 1:
         results = [run.start_data_parallel(model_cfg, task, train_cfg, run_dir, int(os.environ.get("LOCAL_RANK", "0")),
                                            world, args.overwrite, args.device, progress, plots)]
     else:
         results = [run.start_run(model_cfg, task, train_cfg, run_dir, overwrite=args.overwrite, device=args.device,
-                                 progress=progress, plots=plots, insert=insert)]
+                                 progress=progress, plots=plots, insert=insert, step_path=step_path)]
     for result in results:
         if result is not None:
             report(result)

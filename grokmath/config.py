@@ -140,6 +140,7 @@ class TrainConfig:
     grokfast_lamb: float | None = None  # None: 2.0 for 'ema', 5.0 for 'ma' (the paper)
     grokfast_window: int = 100
     skip_nonfinite: bool = False
+    tf32: bool = False  # CUDA float32 matmuls in TF32 (faster, ~1e-3 relative error); fp32 when False
 
     def __post_init__(self):
         def fail(name, why, fix):
@@ -186,8 +187,9 @@ class TrainConfig:
         if self.grokfast_lamb is not None:
             check_float("grokfast_lamb", 0.0, 1000.0, low_open=False)
         check_int("grokfast_window", 1, 100_000)
-        if not isinstance(self.skip_nonfinite, bool):
-            fail("skip_nonfinite", "is not a bool", "use True or False")
+        for name in ("skip_nonfinite", "tf32"):
+            if not isinstance(getattr(self, name), bool):
+                fail(name, "is not a bool", "use True or False")
 
     def to_dict(self) -> dict:
         d = asdict(self)

@@ -51,6 +51,11 @@ class MetricsLog:
         self.pending, self.pending_head = [], []
         return rows
 
+    def add_rows(self, rows: np.ndarray) -> None:
+        """Whole rows [n, n_columns] (step and lr included) from the captured step's metrics buffer."""
+        assert not self.pending and rows.shape[1] == len(self.columns)
+        self.host = np.concatenate([self.host, rows])
+
     def load(self, frame: pd.DataFrame, before_step: int) -> None:
         """Keep the rows of an earlier run segment up to (not including) before_step."""
         if before_step == 0:
@@ -114,7 +119,10 @@ def phase_change_steps(metrics: pd.DataFrame, threshold: float = 0.1, prefix: st
     return steps
 
 
-def summarize(metrics: pd.DataFrame, cfg: TrainConfig, n_skipped: int, seconds: float, device) -> dict:
+def summarize(metrics: pd.DataFrame, cfg: TrainConfig, n_skipped: int, seconds: float, device,
+              step_path: str = "eager", step_path_reason: str | None = None) -> dict:
+    """summary.json: the final losses, the phase changes, and how the run ran (device, step path:
+    'cuda_graph', 'static' or 'eager', with the reason the captured step did not run, TF32)."""
     last = metrics.tail(min(100, len(metrics)))
     final = metrics.iloc[-1]
     test = metrics["test_loss"].dropna()
@@ -127,5 +135,8 @@ def summarize(metrics: pd.DataFrame, cfg: TrainConfig, n_skipped: int, seconds: 
         "steps_to_position_loss_under_0.1": phase_change_steps(metrics, 0.1),
         "n_skipped_nonfinite": int(n_skipped),
         "device": str(device),
+        "step_path": step_path,
+        "step_path_reason": step_path_reason,
+        "tf32": bool(cfg.tf32),
         "seconds": round(seconds, 1),
     }

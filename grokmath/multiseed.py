@@ -55,6 +55,10 @@ class StackedModels:
     def parameters(self):
         return iter(self.params.values())
 
+    def torch_modules(self) -> list[torch.nn.Module]:
+        """The modules a forward runs (for the loop's check for hooks)."""
+        return [self.skeleton, *self.models]
+
     def model(self, k: int) -> torch.nn.Module:
         """Model k as a plain Transformer holding its current weights (a copy of slice k)."""
         with torch.no_grad():

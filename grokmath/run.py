@@ -81,7 +81,8 @@ def _plot_runs(run_dirs) -> None:
 
 
 def start_run(model_cfg: ModelConfig, task, train_cfg: TrainConfig, run_dir, overwrite: bool = False,
-              device=None, progress: bool = True, plots: bool = True, insert: dict | None = None) -> TrainResult:
+              device=None, progress: bool = True, plots: bool = True, insert: dict | None = None,
+              step_path: str = "auto") -> TrainResult:
     """Create the run folder (config.json), train, and draw the run's plots.
 
     insert: start from a trained smaller run (grokmath.insert): the keyword arguments of
@@ -100,7 +101,7 @@ def start_run(model_cfg: ModelConfig, task, train_cfg: TrainConfig, run_dir, ove
         after_step = inserter.after_step if inserter.mode >= 2 else None
     runs = prepare_runs([run_dir], [config], overwrite)
     result = _train_new_runs(runs, lambda: train(model, task, train_cfg, run_dir, device, progress=progress,
-                                                 after_step=after_step))
+                                                 after_step=after_step, step_path=step_path))
     if plots:
         _plot_runs([run_dir])
     return result
@@ -115,7 +116,7 @@ def seed_run_dirs(run_dir, seed: int, seeds: list[int]) -> list[Path]:
 
 def start_seed_runs(model_cfg: ModelConfig, task, train_cfg: TrainConfig, seeds: list[int], run_dirs,
                     overwrite: bool = False, device=None, progress: bool = True,
-                    plots: bool = True) -> list[TrainResult]:
+                    plots: bool = True, step_path: str = "auto") -> list[TrainResult]:
     """Create one run folder per seed (as single runs would, plus group.json), train them together
     in the one loop, draw each one's plots."""
     device = resolve_device(device)
@@ -125,7 +126,7 @@ def start_seed_runs(model_cfg: ModelConfig, task, train_cfg: TrainConfig, seeds:
     configs = [run_config(replace(model_cfg, seed=s), task, replace(train_cfg, seed=s)) for s in seeds]
     runs = prepare_runs(run_dirs, configs, overwrite)
     results = _train_new_runs(runs, lambda: train_seeds(model_cfg, task, train_cfg, seeds, run_dirs, device,
-                                                        progress=progress))
+                                                        progress=progress, step_path=step_path))
     if plots:
         _plot_runs(run_dirs)
     return results
@@ -182,7 +183,7 @@ def _without_seed(config: dict) -> dict:
 
 
 def resume_runs(run_dir, device=None, steps: int | None = None, progress: bool = True, plots: bool = True,
-                warn=print) -> list[TrainResult]:
+                warn=print, step_path: str = "auto") -> list[TrainResult]:
     """Continue a run (or its whole --seeds group) from its newest resumable checkpoint, optionally
     to a larger `steps`; returns one result per run, in the group's order."""
     device = resolve_device(device)
@@ -200,7 +201,7 @@ def resume_runs(run_dir, device=None, steps: int | None = None, progress: bool =
             run.lock()
             run.recover()
             run.check_checkpoint_files()
-        return _resume_locked(run_dir, members, device, steps, progress, plots, warn)
+        return _resume_locked(run_dir, members, device, steps, progress, plots, warn, step_path)
     except SignalOutsideLoop as e:
         raise TrainingInterrupted(f"stopped by {_signal_name(e.signum)}; its checkpoints are as they were or newer",
                                   e.signum, Path(run_dir)) from None
@@ -208,7 +209,8 @@ def resume_runs(run_dir, device=None, steps: int | None = None, progress: bool =
         unlock_runs(locked)
 
 
-def _resume_locked(run_dir, members: list[Path], device, steps, progress, plots, warn) -> list[TrainResult]:
+def _resume_locked(run_dir, members: list[Path], device, steps, progress, plots, warn,
+                   step_path) -> list[TrainResult]:
     loaded = [load_run(m, load_model=False) for m in members]
     first = loaded[0]
     for other in loaded[1:]:
@@ -234,14 +236,14 @@ def _resume_locked(run_dir, members: list[Path], device, steps, progress, plots,
     if len(members) > 1:
         seeds = [run.train_cfg.seed for run in loaded]
         results = train_seeds(first.model_cfg, first.task, train_cfg, seeds, members, device, resume=True,
-                              progress=progress, warn=warn)
+                              progress=progress, warn=warn, step_path=step_path)
     else:
         model, after_step = Transformer(first.model_cfg).to(device), None
         insert = first.config.get("insert")
         if insert and insert["mode"] >= 2:  # keep restoring the inserted model's parts
             after_step = inserter_from_run(model, **insert).after_step
         results = [train(model, first.task, train_cfg, members[0], device, resume=True, progress=progress,
-                         warn=warn, after_step=after_step)]
+                         warn=warn, after_step=after_step, step_path=step_path)]
     if plots:
         _plot_runs(members)
     return results
@@ -260,8 +262,8 @@ def put_back_replaced(run_dir) -> None:
 
 
 def resume_run(run_dir, device=None, steps: int | None = None, progress: bool = True, plots: bool = True,
-               warn=print) -> TrainResult:
+               warn=print, step_path: str = "auto") -> TrainResult:
     """resume_runs, returning the result of run_dir itself (its group, if any, is resumed too)."""
     members = [m.resolve() for m in group_of(run_dir)]
-    results = resume_runs(run_dir, device, steps, progress, plots, warn)
+    results = resume_runs(run_dir, device, steps, progress, plots, warn, step_path)
     return results[members.index(Path(run_dir).resolve())]

@@ -25,14 +25,19 @@ reproduces an uninterrupted run bit for bit on CPU; a newest state that does not
 reported and the one before used. SIGINT/SIGTERM save a state and raise TrainingInterrupted (under
 torchrun every rank stops at the same step, agreed by an all-reduce each step; rank 0 saves); a
 non-finite loss raises NonFiniteLoss (or, with skip_nonfinite, for one model only, is skipped).
+
+On a GPU the same step runs as a captured CUDA graph (grokmath.capture: static input buffers, the
+schedule and the metrics row on the device, a self-check against this eager step before it is
+trusted); the eager step runs on a CPU, under hooks, with DDP or skip_nonfinite, when asked
+(step_path='eager') or when the capture fails, and summary.json says which ran and why. cfg.tf32
+allows TF32 matmuls on the GPU for the run (fp32 otherwise).
 """
 from __future__ import annotations
 
-import math
 import signal
 import threading
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -42,13 +47,14 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
+from .capture import CUDAGraphCapture, StaticStep, choose_step_path, eager_filter, static_filter
 from .checkpoint import RunDir, atomic_write_json, load_latest_states, load_state_dict_checked
 from .config import ModelConfig, TrainConfig
 from .errors import NonFiniteLoss, TrainingInterrupted, TrainingStopped  # noqa: F401 (also grokmath.train's)
-from .grokfast import GradFilter
 from .losses import masked_mean, pred_log_probs, score_sums
 from .metrics import MetricsLog, metric_columns, metric_row, summarize
 from .multiseed import StackedModels
+from .schedule import lr_factor, make_optimizer  # noqa: F401 (lr_factor: the loop's schedule, re-exported)
 from .tasks.base import Batch
 
 FLUSH_EVERY = 50  # steps between moves of the metrics from the device to the host
@@ -60,6 +66,8 @@ class TrainResult:
     run_dir: Path | None
     n_skipped: int
     seconds: float
+    step_path: str = "eager"  # 'eager', 'cuda_graph' or 'static' (grokmath.capture)
+    step_path_reason: str | None = None  # why not the captured step, when eager
 
 
 # ---- pieces of the loop ---------------------------------------------------------------------
@@ -107,25 +115,6 @@ def check_data_parallel(cfg: TrainConfig, world: int, resume: bool) -> None:
         raise ValueError("--grokfast and --skip-nonfinite are for single-process runs")
 
 
-def lr_factor(cfg: TrainConfig, step: int) -> float:
-    """The multiplier of cfg.lr at `step`."""
-    if cfg.schedule == "warmup":
-        return min(step / cfg.warmup, 1.0) if cfg.warmup > 0 else 1.0
-    if step < cfg.warmup:  # the arithmetic notebook: LinearLR from 1% over the warm-up ...
-        return 0.01 + 0.99 * step / cfg.warmup
-    progress = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)  # ... then CosineAnnealingLR to 0
-    return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
-
-
-def make_optimizer(model: torch.nn.Module, cfg: TrainConfig):
-    # fused: one kernel for the whole update (about 3x faster than the per-tensor loop on a CPU)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=cfg.betas,
-                                  fused=True)
-    # A closure rather than a lambda object keeps the scheduler's state_dict free of code
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(cfg, step))
-    return optimizer, scheduler
-
-
 class TrainData:
     """The batches of one data regime, drawn with one seeded generator, with their case masks."""
 
@@ -149,18 +138,24 @@ class TrainData:
         empty = torch.zeros_like(batch.targets, dtype=torch.bool)
         return torch.stack([masks.get(name, empty).to(torch.bool) for name in self.case_names])
 
-    def next(self):
-        """(batch, case masks) for the next step; both already on the device."""
+    def next(self, to_device: bool = True):
+        """(batch, case masks) for the next step, on the device (to_device=False: fresh batches stay
+        where they were drawn, for the captured step's pinned copy)."""
         if self.train is None:
             batch = self.task.sample(self.cfg.batch_size, self.gen)
             cases = self.stack_cases(batch)
             # the loop needs no metadata once the cases are known; non_blocking: no wait for the GPU
-            move = lambda t: None if t is None else t.to(self.device, non_blocking=True)  # noqa: E731
+            device = self.device if to_device else batch.tokens.device
+            move = lambda t: None if t is None else t.to(device, non_blocking=True)  # noqa: E731
             return Batch(move(batch.tokens), move(batch.targets), move(batch.mask)), move(cases)
         if self.full_batch:
             return self.train, self.train_cases
         idx = torch.randperm(len(self.train), generator=self.gen)[: self.cfg.batch_size].to(self.device)
         return self.train.index(idx), None if self.train_cases is None else self.train_cases[:, idx]
+
+    def draw_next(self) -> tuple:
+        """What next() would build its fresh batch from (task.draw; the same draws of the generator)."""
+        return self.task.draw(self.cfg.batch_size, self.gen)
 
 
 def probe_batch(task, cfg: TrainConfig):
@@ -228,6 +223,9 @@ class OneModel:
     def model(self, k: int) -> torch.nn.Module:
         return self.module
 
+    def torch_modules(self) -> list[torch.nn.Module]:
+        return [self.forward_module]
+
     def model_state(self, k: int) -> dict:
         return {name: v.detach().cpu() for name, v in self.module.state_dict().items()}
 
@@ -285,10 +283,13 @@ def train_step(models, batch: Batch, positions: torch.Tensor, optimizer, grad_fi
 # ---- the loop ---------------------------------------------------------------------------------
 
 def train(model, task, cfg: TrainConfig, run_dir=None, device=None, resume: bool = False,
-          progress: bool = True, warn=print, after_step=None) -> TrainResult:
+          progress: bool = True, warn=print, after_step=None, step_path: str = "auto",
+          capturer=None) -> TrainResult:
     """Train `model` on `task`; with `run_dir` (already created) write checkpoints and metrics there.
     `after_step(step)`, if given, runs after each optimizer step (model insertion restores heads there).
-    Under torch.distributed (torchrun) the forward runs through DistributedDataParallel."""
+    Under torch.distributed (torchrun) the forward runs through DistributedDataParallel.
+    step_path: 'auto' (the captured step on a GPU where it can run, else eager), 'eager', or
+    'static' (the captured step's static buffers on any device, captured by `capturer` if given)."""
     device = resolve_device(device) if not isinstance(device, torch.device) else device
     model.to(device)
     rank, world = data_parallel_rank()
@@ -296,17 +297,20 @@ def train(model, task, cfg: TrainConfig, run_dir=None, device=None, resume: bool
     if world > 1:
         check_data_parallel(cfg, world, resume)
         forward = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    return run_loop(OneModel(model, forward), task, [cfg], [run_dir], device, resume, progress, warn, after_step)[0]
+    return run_loop(OneModel(model, forward), task, [cfg], [run_dir], device, resume, progress, warn, after_step,
+                    step_path, capturer)[0]
 
 
 def train_seeds(model_cfg: ModelConfig, task, cfg: TrainConfig, seeds: list[int], run_dirs=None, device=None,
-                resume: bool = False, progress: bool = True, warn=print) -> list[TrainResult]:
+                resume: bool = False, progress: bool = True, warn=print, step_path: str = "auto",
+                capturer=None) -> list[TrainResult]:
     """Train one model per seed at once (model init and data both seeded by it); run_dirs already created."""
     check_stackable(cfg, seeds)
     device = resolve_device(device) if not isinstance(device, torch.device) else device
     cfgs = [replace(cfg, seed=s) for s in seeds]
     return run_loop(StackedModels(model_cfg, seeds, device), task, cfgs,
-                    [None] * len(seeds) if run_dirs is None else run_dirs, device, resume, progress, warn)
+                    [None] * len(seeds) if run_dirs is None else run_dirs, device, resume, progress, warn,
+                    step_path=step_path, capturer=capturer)
 
 
 def check_stackable(cfg: TrainConfig, seeds: list[int]) -> None:
@@ -321,9 +325,29 @@ def check_stackable(cfg: TrainConfig, seeds: list[int]) -> None:
 
 
 def run_loop(models, task, cfgs: list[TrainConfig], run_dirs: list, device: torch.device, resume: bool = False,
-             progress: bool = True, warn=print, after_step=None) -> list[TrainResult]:
+             progress: bool = True, warn=print, after_step=None, step_path: str = "auto",
+             capturer=None) -> list[TrainResult]:
     """The loop (see the module doc) for K models (`OneModel` or `StackedModels`) and their K
-    configs (equal but for the seed) and run folders (all None: nothing is written)."""
+    configs (equal but for the seed) and run folders (all None: nothing is written). step_path and
+    capturer: see `train`; the path that ran, and why not the captured one, go into summary.json."""
+    on_device = torch.cuda.device(device) if device.type == "cuda" else nullcontext()  # streams and graphs there
+    with tf32_matmuls(cfgs[0].tf32), on_device:
+        return _run_loop(models, task, cfgs, run_dirs, device, resume, progress, warn, after_step, step_path,
+                         capturer)
+
+
+@contextmanager
+def tf32_matmuls(enabled: bool):
+    """CUDA float32 matmuls in TF32 (tensor cores, ~1e-3 relative error) only when asked; fp32 otherwise."""
+    before = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = enabled
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = before
+
+
+def _run_loop(models, task, cfgs, run_dirs, device, resume, progress, warn, after_step, step_path, capturer):
     started = time.time()
     K, cfg = len(models), cfgs[0]
     runs = [None if d is None else RunDir(d) for d in run_dirs]
@@ -339,9 +363,11 @@ def run_loop(models, task, cfgs: list[TrainConfig], run_dirs: list, device: torc
                        case_names) for c, gen in zip(cfgs, gens)]
     has_test = datas[0].test is not None
     optimizer, scheduler = make_optimizer(models, cfg)
-    grad_filter = None if cfg.grokfast is None else GradFilter(
-        cfg.grokfast, cfg.grokfast_alpha, cfg.grokfast_lamb, cfg.grokfast_window)
-    logs = [MetricsLog(metric_columns(task, has_test, case_names)) for _ in range(K)]
+    path, path_reason = choose_step_path(step_path, device, models.torch_modules(), cfg, world, capturer)
+    captured = path != "eager"
+    grad_filter = static_filter(cfg, models) if captured else eager_filter(cfg)
+    columns = metric_columns(task, has_test, case_names)
+    logs = [MetricsLog(columns) for _ in range(K)]
     n_pred = len(task.pred_labels)
     start, n_skipped, checked = 0, 0, 0
 
@@ -363,12 +389,26 @@ def run_loop(models, task, cfgs: list[TrainConfig], run_dirs: list, device: torc
         start, n_skipped = states[0]["step"], states[0]["n_skipped"]
         checked = start
 
+    static = None
+    if captured:  # the static step; captured (and self-checked) unless it runs uncaptured ('static')
+        static = StaticStep(models, cfg, datas, task, pred_pos, optimizer, scheduler, grad_filter, columns, device,
+                            train_step, start, FLUSH_EVERY)
+        why_not = None if path == "static" else static.capture(capturer or CUDAGraphCapture())
+        if why_not is not None:
+            grad_filter = static.release(start)
+            static, path, path_reason = None, "eager", why_not
+            warn(f"training with the eager step: {why_not}")
+
     def whose(k: int) -> str:
         return "" if K == 1 else f" of seed {models.seeds[k]} ({runs[k].path.name if writing else k})"
 
     def flush() -> None:
         """Metrics to the host; stop on a non-finite train loss (unless skipping those)."""
         nonlocal checked
+        if static is not None and static.pending:
+            rows = static.take_rows()  # [K, n, n_columns]
+            for log, part in zip(logs, rows):
+                log.add_rows(part)
         for log in logs:
             log.to_host()
         for k, log in enumerate(logs):
@@ -394,18 +434,19 @@ def run_loop(models, task, cfgs: list[TrainConfig], run_dirs: list, device: torc
         if not all_finite(models):
             raise NonFiniteLoss(f"the weights became non-finite before step {step}; the run stopped and keeps "
                                 "its earlier checkpoints. Lower --lr")
-        for k, (run, log) in enumerate(zip(runs, logs)):
-            run.write_metrics(log.csv())  # rows for steps < step: written before the state that needs them
-            weights = models.model_state(k)
-            if model_checkpoint:
-                run.save_model_state(step, weights)
-            run.save_state(step, {
-                "format": 1, "step": step, "n_skipped": n_skipped, "metrics_rows": len(log.host),
-                "model": weights, "optimizer": models.optimizer_state(optimizer, k),
-                "scheduler": scheduler.state_dict(), "generator": gens[k].get_state(),
-                "torch_rng": torch.get_rng_state(),
-                "grad_filter": {} if grad_filter is None else models.filter_state(grad_filter, k),
-            })
+        with static.checkpoint_view(step) if static is not None else nullcontext():
+            for k, (run, log) in enumerate(zip(runs, logs)):
+                run.write_metrics(log.csv())  # rows for steps < step: written before the state that needs them
+                weights = models.model_state(k)
+                if model_checkpoint:
+                    run.save_model_state(step, weights)
+                run.save_state(step, {
+                    "format": 1, "step": step, "n_skipped": n_skipped, "metrics_rows": len(log.host),
+                    "model": weights, "optimizer": models.optimizer_state(optimizer, k),
+                    "scheduler": scheduler.state_dict(), "generator": gens[k].get_state(),
+                    "torch_rng": torch.get_rng_state(),
+                    "grad_filter": {} if grad_filter is None else models.filter_state(grad_filter, k),
+                })
 
     desc = task.name if K == 1 else f"{task.name} x{K}"
     bar = tqdm(total=cfg.steps, initial=start, desc=desc, disable=not progress, dynamic_ncols=True)
@@ -423,26 +464,34 @@ def run_loop(models, task, cfgs: list[TrainConfig], run_dirs: list, device: torc
                     saved = f"rank {rank} stopped with the others; rank 0 saved the checkpoint"
                 raise TrainingInterrupted(f"stopped by {name} at step {step}; {saved}", signum,
                                           runs[0].path if writing else None)
-            lr = scheduler.get_last_lr()[0]
-            drawn = [data.next() for data in datas]  # (batch, case masks) of each model
-            with torch.no_grad():  # the test set, scored with the weights this step's loss uses
-                tests = [None] * K
-                if has_test and step % cfg.test_every == 0:
-                    tests = [score_sums(lambda t, k=k: models.model(k)(t, positions=pred_pos), datas[k].test)
-                             for k in range(K)]
-            losses, nll, logits, skipped = train_step(models, stack_batches([b for b, _ in drawn]), pred_pos,
-                                                      optimizer, grad_filter, cfg.skip_nonfinite)
-            n_skipped += skipped
-            with torch.no_grad():
-                scheduler.step()
+            tested = has_test and step % cfg.test_every == 0
+            if static is not None:  # the same step over static buffers: test sums, train step, metrics row
+                static.fill(static.next_inputs(datas))
+                static.run(test=tested)
                 if after_step is not None:
-                    after_step(step)
-                for k, ((batch, cases), log) in enumerate(zip(drawn, logs)):
-                    row = metric_row(losses[k], nll[k], logits[k], batch, cases, tests[k], has_test, n_pred)
-                    if world > 1:  # the log shows the mean over ranks, i.e. over the global batch
-                        torch.distributed.all_reduce(row)
-                        row /= world
-                    log.append(step, lr, row)
+                    with torch.no_grad():
+                        after_step(step)
+            else:
+                lr = scheduler.get_last_lr()[0]
+                drawn = [data.next() for data in datas]  # (batch, case masks) of each model
+                with torch.no_grad():  # the test set, scored with the weights this step's loss uses
+                    tests = [None] * K
+                    if tested:
+                        tests = [score_sums(lambda t, k=k: models.model(k)(t, positions=pred_pos), datas[k].test)
+                                 for k in range(K)]
+                losses, nll, logits, skipped = train_step(models, stack_batches([b for b, _ in drawn]), pred_pos,
+                                                          optimizer, grad_filter, cfg.skip_nonfinite)
+                n_skipped += skipped
+                with torch.no_grad():
+                    scheduler.step()
+                    if after_step is not None:
+                        after_step(step)
+                    for k, ((batch, cases), log) in enumerate(zip(drawn, logs)):
+                        row = metric_row(losses[k], nll[k], logits[k], batch, cases, tests[k], has_test, n_pred)
+                        if world > 1:  # the log shows the mean over ranks, i.e. over the global batch
+                            torch.distributed.all_reduce(row)
+                            row /= world
+                        log.append(step, lr, row)
             bar.update(1)
             if (step + 1) % FLUSH_EVERY == 0:
                 flush()
@@ -453,6 +502,8 @@ def run_loop(models, task, cfgs: list[TrainConfig], run_dirs: list, device: torc
     for run, log in zip(runs, logs):
         metrics = log.frame()
         if run is not None:
-            atomic_write_json(run.path / "summary.json", summarize(metrics, cfg, n_skipped, seconds, device))
-        results.append(TrainResult(metrics, None if run is None else run.path, n_skipped, seconds))
+            atomic_write_json(run.path / "summary.json", summarize(metrics, cfg, n_skipped, seconds, device,
+                                                                   path, path_reason))
+        results.append(TrainResult(metrics, None if run is None else run.path, n_skipped, seconds, path,
+                                   path_reason))
     return results

@@ -3,10 +3,13 @@
 Prints per-digit and question accuracy (teacher-forced; a question is right under greedy
 generation exactly when every digit is), the count of nines, accuracy per case class and the
 failing questions with the model's generated answer, and writes the report as
-RUN_DIR/analysis/evaluate_step<STEP>_n<N>_seed<SEED>.json (kept unless --overwrite).
+RUN_DIR/analysis/evaluate_step<STEP>_n<N>_seed<SEED>.json (kept unless --overwrite; with --enrich,
+..._enriched.json). --enrich draws the hard cases: the enriched distribution of long carry and
+borrow cascades (for addition, 3 questions in 5 with 40% of digit pairs summing to 9).
 
 Example:
     python scripts/evaluate.py runs/addition_5d_s129000 --questions 1000000
+    python scripts/evaluate.py runs/addition_5d_s129000 --questions 1000000 --enrich
 """
 import argparse
 import sys
@@ -30,6 +33,10 @@ def build_parser():
     parser.add_argument("--max-failures", type=cli.nonneg_int, default=100,
                         help="failing questions to list with the model's answer (default: 100)")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    parser.add_argument("--enrich", action="store_true",
+                        help="questions from the enriched distribution: long carry and borrow cascades")
+    parser.add_argument("--no-capture", action="store_true",
+                        help="run the eager forward on a GPU too, not the captured CUDA graph")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing report")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     return parser
@@ -43,10 +50,12 @@ def main(argv=None):
 
     device = resolve_device(args.device)
     run = load_run(args.run_dir, step=args.checkpoint, device=device)
-    path = run.path / "analysis" / f"evaluate_step{run.step:06d}_n{args.questions}_seed{args.seed}.json"
+    enriched = "_enriched" if args.enrich else ""
+    path = run.path / "analysis" / f"evaluate_step{run.step:06d}_n{args.questions}_seed{args.seed}{enriched}.json"
     refuse_existing(path, args.overwrite)
     report = evaluate(run.model, run.task, args.questions, batch_size=args.batch_size, seed=args.seed,
-                      device=device, max_failures=args.max_failures, progress=not args.no_progress)
+                      device=device, max_failures=args.max_failures, progress=not args.no_progress,
+                      enrich=args.enrich, step_path="eager" if args.no_capture else "auto")
     report.update(run_dir=str(run.path), step=run.step)
     atomic_write_json(path, report)
     print(format_report(report))

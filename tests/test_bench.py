@@ -2,7 +2,9 @@
 import pytest
 import torch
 
-from grokmath.bench import bench_task, check_same_losses
+from grokmath.bench import bench_figures, bench_task, check_same_losses, forward_flops
+from grokmath.config import model_config_for
+from grokmath.tasks import make_task
 from grokmath.cli import main_guard
 
 from script_helpers import load_script
@@ -32,3 +34,24 @@ def test_bench_script_refuses_existing_csv(tmp_path, capsys):
     err = capsys.readouterr().err
     assert stop.value.code == 2 and "exists" in err and "Traceback" not in err
     assert existing.read_text() == "keep me"
+
+
+def test_forward_flops_count_every_matmul():
+    """Against a count written out by hand for a 2-layer model: 4 positions, 2 answer positions."""
+    task = make_task("addition", n_digits=1)  # n_ctx 6, 2 answer positions
+    cfg = model_config_for(task, n_layers=2, d_model=8, n_heads=2, d_head=3, d_mlp=5)
+    heads, P, q = 6, task.n_ctx, 2
+
+    def layer(q):
+        return 2 * (2 * P * 8 * heads + q * 8 * heads + 2 * q * P * heads + q * heads * 8 + 2 * q * 8 * 5)
+
+    assert forward_flops(cfg, P, q) == layer(P) + layer(q) + 2 * q * 8 * 10
+    assert forward_flops(cfg, P) == 2 * layer(P) + 2 * P * 8 * 10
+
+
+def test_bench_figures_measures_everything():
+    out = bench_figures("cpu", quick=True, steps=2, rounds=1, questions=300, n_seeds=2, job_steps=3, log=lambda s: None)
+    for key in ("step_ms", "eager_step_ms", "plain_step_ms", "step_vs_plain", "step_tflops", "eval_seconds",
+                "eval_tflops", "stacked_model_steps_per_s", "stacked_vs_single", "job_seconds", "job_eager_seconds"):
+        assert out[key] == out[key] and out[key] > 0, key
+    assert out["step_path"] == "eager" and "CUDA" in out["step_path_reason"]  # on a CPU

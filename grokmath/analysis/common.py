@@ -15,6 +15,7 @@ import torch
 
 from grokmath.losses import score  # noqa: F401 (the one scoring function; analysis modules take it from here)
 from grokmath.tasks import make_task
+from grokmath.tasks.arithmetic import PLUS, enrich_digits
 
 # An edit: (hook name, fn(activation_slice) -> replacement of that slice), applied to one copy.
 Edit = tuple[str, Callable[[torch.Tensor], torch.Tensor]]
@@ -24,12 +25,39 @@ def model_device(model: torch.nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
-def question_sampler(task):
+def question_sampler(task, enrich: bool = False):
     """The task drawing each question's op on its own (arithmetic with op_per_batch=False), so one
-    large analysis batch holds the task's op mix rather than a single op; other tasks unchanged."""
+    large analysis batch holds the task's op mix rather than a single op; other tasks unchanged.
+
+    enrich: draw from the enriched distribution instead (the hard cases: long carry and borrow
+    cascades): arithmetic's own enrichment (tasks/arithmetic.py), per question; for addition, the
+    same rule for its addition questions: 3 questions in 5 have 40% of their digit pairs made to sum
+    to 9, so carries cascade far more often. Answers and classes are computed as for any question.
+    """
+    if enrich:
+        if task.name == "arithmetic":
+            return make_task(task.name, **{**task.options(), "op_per_batch": False, "enrich": True})
+        if task.name == "addition":
+            return EnrichedAddition(task)
+        raise ValueError(f"enriched questions exist for the addition and arithmetic tasks, not {task.name!r}")
     if getattr(task, "op_per_batch", False):
         return make_task(task.name, **{**task.options(), "op_per_batch": False})
     return task
+
+
+class EnrichedAddition:
+    """Addition questions with the arithmetic notebook's enrichment of addition digits (see question_sampler)."""
+
+    def __init__(self, task):
+        self.task = task
+
+    def sample(self, batch_size: int, generator: torch.Generator):
+        device, shape = generator.device, (batch_size, self.task.n_digits)
+        x = torch.randint(0, 10, shape, generator=generator, device=device)
+        y = torch.randint(0, 10, shape, generator=generator, device=device)
+        op = torch.full((batch_size,), PLUS, device=device)  # every question is an addition
+        x, y = enrich_digits(x, y, op, per_batch=False, generator=generator)
+        return self.task.from_digits(x, y)
 
 
 def answer_logits(logits: torch.Tensor, task) -> torch.Tensor:

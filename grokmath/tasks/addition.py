@@ -140,12 +140,17 @@ class AdditionTask(Task):
         return {"n_digits": self.n_digits}
 
     def sample(self, batch_size: int, generator: torch.Generator) -> Batch:
+        return self.from_digits(*self.draw(batch_size, generator))
+
+    def draw(self, batch_size: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """The random part of `sample`: the operands' digits x, y [batch, n_digits] (units first);
+        sample(n, gen) is from_digits(*draw(n, gen))."""
         check_int("batch_size", batch_size, 1)
         device = check_generator(generator).device
         shape = (batch_size, self.n_digits)
         x = torch.randint(0, 10, shape, generator=generator, device=device)
         y = torch.randint(0, 10, shape, generator=generator, device=device)
-        return self.from_digits(x, y)
+        return x, y
 
     def from_digits(self, x: torch.Tensor, y: torch.Tensor) -> Batch:
         """The batch for place-order digits x, y [batch, n_digits] (units first)."""
@@ -153,7 +158,7 @@ class AdditionTask(Task):
         batch = x.shape[0]
         tokens = torch.cat([x.flip(1), torch.full((batch, 1), PLUS, device=x.device), y.flip(1),
                             torch.full((batch, 1), EQUALS, device=x.device), digits.flip(1)], dim=1)
-        return Batch(tokens, tokens[:, self.pred_pos.to(x.device) + 1], None, meta)
+        return Batch(tokens, tokens[:, self.pred_pos_on(x.device) + 1], None, meta)
 
     def from_questions(self, tokens: torch.Tensor) -> Batch:
         """Complete questions (the first n_question tokens of each row) with answers and metadata."""

@@ -124,7 +124,15 @@ class ArithmeticTask(Task):
         return self._sample(check_int("batch_size", batch_size, 1), check_generator(generator),
                             self.op_per_batch)
 
+    def draw(self, batch_size: int, generator: torch.Generator) -> tuple[torch.Tensor, ...]:
+        """The random part of `sample`: digits x, y [batch, n_digits] (units first, enriched if the
+        task enriches) and op tokens [batch]; sample(n, gen) is from_digits(*draw(n, gen))."""
+        return self._draw(check_int("batch_size", batch_size, 1), check_generator(generator), self.op_per_batch)
+
     def _sample(self, batch_size: int, generator: torch.Generator, per_batch: bool) -> Batch:
+        return self.from_digits(*self._draw(batch_size, generator, per_batch))
+
+    def _draw(self, batch_size: int, generator: torch.Generator, per_batch: bool):
         device, n = generator.device, self.n_digits
         draws = 1 if per_batch else batch_size
         pick = torch.multinomial(self._op_probs.to(device), draws, replacement=True, generator=generator)
@@ -136,7 +144,7 @@ class ArithmeticTask(Task):
         x, y = x.masked_fill(top, 0), y.masked_fill(top, 0)
         if self.enrich:
             x, y = enrich_digits(x, y, op, per_batch, generator)
-        return self.from_digits(x, y, op)
+        return x, y, op
 
     def from_digits(self, x: torch.Tensor, y: torch.Tensor, op: torch.Tensor) -> Batch:
         """The batch for place-order digits x, y [batch, n_digits] (units first) and op tokens [batch]."""
@@ -149,14 +157,15 @@ class ArithmeticTask(Task):
         negative = value < 0
         answer_powers = 10 ** torch.arange(n + 1, device=x.device)  # 10**18 still fits int64
         magnitude = value.abs()[:, None]
-        assert bool((magnitude // answer_powers[-1] < 10).all()), "an answer does not fit n_digits + 1 digits"
+        if not (x.is_cuda and torch.cuda.is_current_stream_capturing()):  # a captured step cannot read it back
+            assert bool((magnitude // answer_powers[-1] < 10).all()), "an answer does not fit n_digits + 1 digits"
         digits = magnitude // answer_powers % 10  # [batch, n+1] units first
         sign = torch.where(negative, MINUS, PLUS)
         column = lambda tok: tok.reshape(batch, 1).to(x.device)  # noqa: E731
-        tokens = torch.cat([x.flip(1), column(op), y.flip(1), column(torch.full((batch,), EQUALS)),
+        tokens = torch.cat([x.flip(1), column(op), y.flip(1), column(torch.full((batch,), EQUALS, device=x.device)),
                             column(sign), digits.flip(1)], dim=1)
         meta = {"op": op, "negative": negative, "cascade": self._cascade(x, y, op)}
-        return Batch(tokens, tokens[:, self.pred_pos.to(x.device) + 1], None, meta)
+        return Batch(tokens, tokens[:, self.pred_pos_on(x.device) + 1], None, meta)
 
     @staticmethod
     def _cascade(x, y, op):

@@ -63,6 +63,18 @@ class Task:
     def sample(self, batch_size: int, generator: torch.Generator) -> Batch:
         raise NotImplementedError
 
+    # Optional (addition, arithmetic): `draw(batch_size, generator)`, the random part of `sample`, with
+    # sample(n, gen) == from_digits(*draw(n, gen)); the captured training step draws on the host and
+    # builds the batch on the device (grokmath.capture).
+
+    def pred_pos_on(self, device) -> torch.Tensor:
+        """pred_pos on `device`, copied there once (not a host-to-device copy for every batch)."""
+        cache = self.__dict__.setdefault("_pred_pos_on", {})
+        key = str(torch.device(device))
+        if key not in cache:
+            cache[key] = self.pred_pos.to(device)
+        return cache[key]
+
     def split(self, n_train: int | None, generator: torch.Generator, n_test: int | None = None):
         """A fixed training set and a disjoint held-out test set: (train Batch, test Batch)."""
         raise NotImplementedError
