@@ -2,7 +2,6 @@
 its single run would, writes the same run folder, and keeps every promise of the loop (non-finite
 stop, signals, checkpoints, bit-identical resume of the whole group, also after SIGKILL)."""
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -23,6 +22,7 @@ from grokmath.multiseed import StackedModels
 from grokmath.train import NonFiniteLoss, TrainingInterrupted, run_loop, train, train_seeds
 
 from script_helpers import load_script
+from signal_helpers import signal_at
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -77,18 +77,6 @@ def setup(grokfast=None):
     model_cfg = model_config_for(task, d_model=16, n_heads=2, seed=0)
     cfg = TrainConfig(steps=24, lr=3e-3, batch_size=16, checkpoint_every=8, schedule="cosine", grokfast=grokfast)
     return task, model_cfg, cfg
-
-
-def signal_at(model, at, signum=signal.SIGINT):
-    """Send this process `signum` during the `at`-th forward call of a stack's shared module."""
-    calls = [0]
-
-    def hook(module, args):
-        calls[0] += 1
-        if calls[0] == at:
-            os.kill(os.getpid(), signum)
-
-    model.register_forward_pre_hook(hook)
 
 
 def group(path, seeds):

@@ -1,6 +1,5 @@
 """Reliability: exact resume after SIGKILL / SIGTERM / SIGINT, damaged and unsafe checkpoints,
 and one-line exit-2 errors for every bad input a user can give."""
-import os
 import signal
 import subprocess
 import sys
@@ -20,6 +19,7 @@ from grokmath.run import resume_run, start_run
 from grokmath.train import NonFiniteLoss, TrainingInterrupted, train
 
 from script_helpers import load_script
+from signal_helpers import signal_at
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = ["--digits", "2", "--d-model", "32", "--batch-size", "32", "--steps", "300", "--checkpoint-every", "50",
@@ -86,20 +86,6 @@ def test_sigterm_saves_a_checkpoint_and_says_how_to_resume(tmp_path):
 
 
 # ---- in-process resume, damaged and unsafe checkpoints -------------------------------------------
-
-def signal_at(model, at, signum=signal.SIGINT):
-    """Make `model` send this process `signum` during its `at`-th forward call (a hook, so the
-    state dict is the model's own)."""
-    calls = [0]
-
-    def hook(module, args):
-        calls[0] += 1
-        if calls[0] == at:
-            os.kill(os.getpid(), signum)
-
-    model.register_forward_pre_hook(hook)
-    return model
-
 
 def nan_from(model, start):
     """Make `model`'s logits NaN from its `start`-th forward call on."""
