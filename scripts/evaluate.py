@@ -29,7 +29,8 @@ def build_parser():
                         help="checkpoint step (default: the newest)")
     parser.add_argument("--batch-size", type=cli.positive_int, default=8192,
                         help="questions per forward pass (default: 8192)")
-    parser.add_argument("--seed", type=cli.nonneg_int, default=0, help="seed of the questions (default: 0)")
+    parser.add_argument("--seed", type=cli.nonneg_int, default=0,
+                        help="seed of the questions; with --batch-size and the device it fixes which (default: 0)")
     parser.add_argument("--max-failures", type=cli.nonneg_int, default=100,
                         help="failing questions to list with the model's answer (default: 100)")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")

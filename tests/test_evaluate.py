@@ -58,6 +58,22 @@ def test_evaluate_agrees_with_a_per_question_loop(trained):
     assert "question accuracy" in format_report(report)
 
 
+def test_seed_batch_size_and_device_fix_the_questions(trained):
+    """The report records what fixes its questions; the same three give the same report, and another
+    batch size draws other questions (so it must be recorded)."""
+    model, task = trained
+    run = lambda bs, seed=3: evaluate(model, task, n_questions=400, batch_size=bs, seed=seed,  # noqa: E731
+                                      max_failures=400, progress=False)
+    a, b, c = run(100), run(100), run(400)
+    assert (a["seed"], a["batch_size"], a["generator_device"]) == (3, 100, "cpu")
+    assert c["batch_size"] == 400
+    assert a["failures"] == b["failures"] and a["wrong"] == b["wrong"]
+    generator = torch.Generator().manual_seed(3)
+    by_100 = torch.cat([task.sample(100, generator).tokens for _ in range(4)])
+    assert not torch.equal(by_100, task.sample(400, torch.Generator().manual_seed(3)).tokens)
+    assert [f["question"] for f in a["failures"]] != [f["question"] for f in c["failures"]]
+
+
 def test_greedy_is_right_exactly_when_every_teacher_forced_digit_is(trained):
     model, task = trained
     batch = task.sample(400, torch.Generator().manual_seed(9))

@@ -8,6 +8,10 @@ the prefix it has generated is correct, greedy generation and teacher forcing fe
 same tokens (by induction over the answer positions). So greedy generation is run only on the
 failing questions, to list the answer the model actually writes.
 
+The questions are fixed by the seed, the batch size and the generator's device (a CPU and a CUDA
+generator, or batches of other sizes, draw other questions of the same distribution); the report
+records all three, and the same three give the same questions.
+
 Nines: with `wrong` of `n` questions wrong, `nines` is the largest k with wrong * 10**k <= n
 (floor(-log10(wrong / n)), in exact integer arithmetic): 1 wrong in 1,000,000 is 6 ('Six9s', at
 most one wrong in a million), 10 wrong is 5 (accuracy 0.99999). With none wrong it is the largest
@@ -132,6 +136,7 @@ def evaluate(model, task, n_questions: int = 1_000_000, batch_size: int = 8192, 
                  for label, w in zip(task.pred_labels, digit_wrong)}
     return {
         "task": task.name, "task_options": task.options(), "n_questions": n_questions, "seed": seed,
+        "batch_size": batch_size, "generator_device": generator.device.type,  # with the seed, they fix the questions
         "distribution": "enriched" if enrich else "uniform",
         "per_digit": per_digit,
         "digit_accuracy": 1 - int(sum(digit_wrong)) / (n_questions * len(task.pred_labels)),
