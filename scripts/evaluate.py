@@ -27,8 +27,8 @@ def build_parser():
                         help="random questions to score (default: 1000000)")
     parser.add_argument("--checkpoint", type=cli.nonneg_int, default=None, metavar="STEP",
                         help="checkpoint step (default: the newest)")
-    parser.add_argument("--batch-size", type=cli.positive_int, default=8192,
-                        help="questions per forward pass (default: 8192)")
+    parser.add_argument("--batch-size", type=cli.positive_int, default=None,
+                        help="questions per forward pass (default: 8192 on a GPU, 1024 on a CPU)")
     parser.add_argument("--seed", type=cli.nonneg_int, default=0,
                         help="seed of the questions; with --batch-size and the device it fixes which (default: 0)")
     parser.add_argument("--max-failures", type=cli.nonneg_int, default=100,

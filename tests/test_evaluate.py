@@ -67,6 +67,7 @@ def test_seed_batch_size_and_device_fix_the_questions(trained):
     a, b, c = run(100), run(100), run(400)
     assert (a["seed"], a["batch_size"], a["generator_device"]) == (3, 100, "cpu")
     assert c["batch_size"] == 400
+    assert evaluate(model, task, n_questions=10, seed=3, progress=False)["batch_size"] == 1024  # a CPU's default
     assert a["failures"] == b["failures"] and a["wrong"] == b["wrong"]
     generator = torch.Generator().manual_seed(3)
     by_100 = torch.cat([task.sample(100, generator).tokens for _ in range(4)])
