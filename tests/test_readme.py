@@ -36,3 +36,33 @@ def test_model_and_hooks_examples_run_and_mean_what_they_say():
     assert ns["labels"][:2] == ["L0H0", "L0H1"]
     dense = model.blocks[0].attn.W_V[1] @ model.blocks[0].attn.W_O[1]  # [d_model, d_model]
     assert torch.allclose(ns["S"], torch.linalg.svdvals(dense)[: len(ns["S"])], atol=1e-4)
+
+
+def test_the_training_table_states_the_seed_set_ups_of_experiments_py():
+    """Every setting the README's 'Training any task' table (and the main-job text) names for a seed
+    set-up is the value grokmath/experiments.py holds, so a changed default cannot leave it stale."""
+    from dataclasses import asdict
+
+    from grokmath.experiments import experiment_configs, settings
+
+    text = README.read_text()
+    table = text[text.index("## Training any task"):text.index("The induction script uses")]
+    rows = {m.group(1): m.group(2) for m in re.finditer(r"^\| `train_(\w+)\.py[^|]*\| (.*) \|$", table, re.M)}
+    rows["addition"] = text[text.index("## The main job"):text.index("## Training any task")]
+    assert set(rows) == {"addition", "arithmetic", "skip_trigram", "induction", "modular"}
+    patterns = {"d_model": r"d_model (\d+)", "n_layers": r"(\d+) layers?\b", "n_heads": r"(\d+) heads?\b",
+                "d_head": r"d_head (\d+)", "d_mlp": r"d_mlp (\d+)", "lr": r"\blr ([\d.e-]+)",
+                "batch_size": r"\bbatch (\d+)", "steps": r"(\d+) steps\b", "seed": r"\bseed (\d+)",
+                "seq_len": r"\bseq (\d+)", "p": r"\bp (\d+)", "weight_decay": r"\bwd ([\d.]+)"}
+    checked = 0
+    for name, row in rows.items():
+        task_options, _, _, seed = settings(name)
+        _, model_cfg, train_cfg = experiment_configs(name)  # d_head, d_mlp as the model derives them
+        values = {**task_options, **asdict(model_cfg), **asdict(train_cfg), "seed": seed}
+        for key, pattern in patterns.items():
+            found = re.search(pattern, row)
+            if found is None or key not in values:
+                continue
+            assert float(found.group(1)) == float(values[key]), f"README says {key} {found.group(1)} for {name}"
+            checked += 1
+    assert checked >= 35
