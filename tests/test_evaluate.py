@@ -98,6 +98,30 @@ def test_per_digit_accuracy_matches_teacher_forcing(trained):
     assert [report["per_digit"][label]["wrong"] for label in task.pred_labels] == wrong
 
 
+def test_uniform_evaluation_of_an_enriched_task_is_uniform():
+    """A model trained with --enrich is still evaluated on uniformly random questions unless --enrich
+    asks for the hard cases (a regression: 'uniform' reports once drew the training task's enrichment)."""
+    from grokmath.analysis.common import question_sampler
+
+    enriched_task = make_task("arithmetic", n_digits=6, ops={"add": 100}, enrich=True)
+    plain_task = make_task("arithmetic", n_digits=6, ops={"add": 100})
+
+    def nines_pairs(sampler):  # share of digit pairs summing to 9: 1/10 uniformly, far more enriched
+        x, y, _ = sampler.draw(20000, torch.Generator().manual_seed(0))
+        return ((x + y) == 9).double().mean().item()
+
+    assert nines_pairs(question_sampler(enriched_task, False)) == pytest.approx(0.1, abs=0.01)
+    assert nines_pairs(question_sampler(enriched_task, True)) > 0.25
+    assert nines_pairs(question_sampler(enriched_task)) > 0.25  # analyses: the task's own distribution
+    model = tiny_model(enriched_task, n_layers=1)
+    run = lambda task, enrich: evaluate(model, task, n_questions=300, seed=4, max_failures=300,  # noqa: E731
+                                        progress=False, enrich=enrich)
+    uniform, plain, hard = run(enriched_task, False), run(plain_task, False), run(enriched_task, True)
+    assert uniform["distribution"] == "uniform" and hard["distribution"] == "enriched"
+    assert uniform["failures"] == plain["failures"]  # the same uniformly drawn questions
+    assert uniform["failures"] != hard["failures"]
+
+
 def test_arithmetic_cases_and_loop_agree_on_an_untrained_model():
     task = make_task("arithmetic", n_digits=2, ops={"add": 30, "sub": 50, "mul": 20})
     model = tiny_model(task, n_layers=1)

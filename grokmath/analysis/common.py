@@ -25,14 +25,16 @@ def model_device(model: torch.nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
-def question_sampler(task, enrich: bool = False):
+def question_sampler(task, enrich: bool | None = None):
     """The task drawing each question's op on its own (arithmetic with op_per_batch=False), so one
     large analysis batch holds the task's op mix rather than a single op; other tasks unchanged.
 
-    enrich: draw from the enriched distribution instead (the hard cases: long carry and borrow
-    cascades): arithmetic's own enrichment (tasks/arithmetic.py), per question; for addition, the
-    same rule for its addition questions: 3 questions in 5 have 40% of their digit pairs made to sum
-    to 9, so carries cascade far more often. Answers and classes are computed as for any question.
+    enrich: None draws from the task's own (training) distribution, enriched if the task enriches;
+    False draws uniformly random questions (never enriched: what accuracy in nines is counted on);
+    True draws from the enriched distribution (the hard cases: long carry and borrow cascades):
+    arithmetic's own enrichment (tasks/arithmetic.py), per question; for addition, the same rule for
+    its addition questions: 3 questions in 5 have 40% of their digit pairs made to sum to 9, so
+    carries cascade far more often. Answers and classes are computed as for any question.
     """
     if enrich:
         if task.name == "arithmetic":
@@ -40,8 +42,11 @@ def question_sampler(task, enrich: bool = False):
         if task.name == "addition":
             return EnrichedAddition(task)
         raise ValueError(f"enriched questions exist for the addition and arithmetic tasks, not {task.name!r}")
-    if getattr(task, "op_per_batch", False):
-        return make_task(task.name, **{**task.options(), "op_per_batch": False})
+    if task.name == "arithmetic":
+        options = {**task.options(), "op_per_batch": False}
+        if enrich is False:
+            options["enrich"] = False
+        return make_task(task.name, **options)
     return task
 
 
