@@ -343,7 +343,7 @@ def _describe_failures(model, task, tokens: torch.Tensor, right: torch.Tensor) -
 def format_report(report: dict) -> str:
     """The report as a few lines of text."""
     n = report["n_questions"]
-    lines = [f"{report['task']} {report['task_options']}: {n:,} questions",
+    lines = [f"{report['task']} {report['task_options']}: {n:,} {report['distribution']} questions",
              f"question accuracy {report['question_accuracy']:.7f} ({report['wrong']:,} wrong), "
              f"nines: {report['nines_text']}",
              "per digit: " + "  ".join(f"{label} {d['accuracy']:.7f} ({d['wrong']})"
