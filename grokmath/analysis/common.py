@@ -57,10 +57,8 @@ class EnrichedAddition:
         self.task = task
 
     def sample(self, batch_size: int, generator: torch.Generator):
-        device, shape = generator.device, (batch_size, self.task.n_digits)
-        x = torch.randint(0, 10, shape, generator=generator, device=device)
-        y = torch.randint(0, 10, shape, generator=generator, device=device)
-        op = torch.full((batch_size,), PLUS, device=device)  # every question is an addition
+        x, y = self.task.draw(batch_size, generator)  # units first
+        op = torch.full((batch_size,), PLUS, device=x.device)  # every question is an addition
         x, y = enrich_digits(x, y, op, per_batch=False, generator=generator)
         return self.task.from_digits(x, y)
 
