@@ -144,8 +144,8 @@ TRAIN_FIELDS = ("steps", "seed", "batch_size", "lr", "weight_decay", "warmup", "
                 "tf32")
 MODEL_FIELDS = ("d_model", "n_layers", "n_heads", "d_head", "d_mlp")
 # flags that may accompany --resume with any value (the rest must equal the run's saved settings)
-RESUME_FLAGS = {"resume", "device", "steps", "no_progress", "no_plots", "no_capture"}
-SWITCHES = ("overwrite", "skip_nonfinite", "no_progress", "no_plots", "tf32", "no_capture")
+RESUME_FLAGS = {"resume", "device", "steps", "no_progress", "no_plots", "no_capture", "tensorboard", "wandb"}
+SWITCHES = ("overwrite", "skip_nonfinite", "no_progress", "no_plots", "tf32", "no_capture", "tensorboard", "wandb")
 
 
 def train_config_defaults() -> dict:
@@ -195,12 +195,16 @@ def training_parser(doc: str, experiment: str) -> ArgumentParser:
                         "summary.json says which ran and why)")
     parser.add_argument("--no-progress", action="store_true", default=None, help="hide the progress bar")
     parser.add_argument("--no-plots", action="store_true", default=None, help="do not draw the PNG plots at the end")
+    from . import config_files, tracking
+    config_files.add_config_flag(parser)
+    tracking.add_tracking_flags(parser)
     return parser
 
 
 def parse(parser: ArgumentParser, argv=None) -> argparse.Namespace:
     """Parse; `args.given` names the flags given, every other flag takes the experiment's default."""
-    from . import experiments
+    from . import config_files, experiments
+    config_files.apply_config(parser, argv)  # --config FILE: the file's settings become the defaults
     args = parser.parse_args(argv)
     args.given = {k for k, v in vars(args).items() if v is not None and not k.startswith("_")}
     args.experiment = args._experiment
@@ -248,8 +252,10 @@ def run_training(args, task_options: dict, data: str | None = None, n_train: int
                  run_name: str | None = None, insert: dict | None = None) -> None:
     """Build task, model and training configs from parsed flags and train (or resume) through grokmath.run."""
     from . import run
+    from .tracking import configure_tracking
     from .train import resolve_device
     resolve_device(args.device)  # a bad --device fails before anything is written
+    configure_tracking(tensorboard=args.tensorboard, wandb=args.wandb, warn=_warn)
     progress, plots = not args.no_progress, not args.no_plots
     step_path = "eager" if args.no_capture else "auto"
     world = int(os.environ.get("WORLD_SIZE", "1"))

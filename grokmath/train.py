@@ -56,6 +56,7 @@ from .metrics import MetricsLog, metric_columns, metric_row, summarize
 from .multiseed import StackedModels
 from .schedule import lr_factor, make_optimizer  # noqa: F401 (lr_factor: the loop's schedule, re-exported)
 from .tasks.base import Batch
+from .tracking import log_rows
 
 FLUSH_EVERY = 50  # steps between moves of the metrics from the device to the host
 
@@ -425,6 +426,8 @@ def _run_loop(models, task, cfgs, run_dirs, device, resume, progress, warn, afte
                     f"the training loss{whose(k)} is {losses[bad[0]]} at step {bad_step}; {stopped} last good "
                     f"checkpoint is step {last_good}. Lower --lr, or pass --skip-nonfinite to skip such steps"
                     + ("" if K == 1 else " (in single runs)"))
+        if writing:  # the rows metrics.csv gets, to TensorBoard / W&B when asked for (grokmath.tracking)
+            log_rows([run.path for run in runs], columns, [log.host[checked:] for log in logs])
         checked = len(logs[0].host)
 
     def save(step: int, model_checkpoint: bool = True) -> None:
