@@ -13,5 +13,8 @@ setup(
     # optional: dev runs the tests, which execute the notebooks (nbclient, nbformat, ipykernel) and their
     # interactive figures (plotly); notebooks is for people who open them (README: Notebooks)
     extras_require={"dev": ["pytest", "nbformat", "nbclient", "ipykernel", "plotly"],
-                    "notebooks": ["plotly", "jupyterlab", "ipywidgets"]},
+                    "notebooks": ["plotly", "jupyterlab", "ipywidgets"],
+                    # sweeps on a Ray cluster (scripts/sweep.py --ray); --tensorboard and --wandb tracking
+                    "ray": ["ray"], "tensorboard": ["tensorboard"], "wandb": ["wandb"],
+                    "tracking": ["tensorboard", "wandb"]},
 )
