@@ -72,11 +72,12 @@ def write_results(sweep_dir, window: int = 100, last: int = 100) -> pd.DataFrame
         metrics_of[run["run"]] = metrics
         row = {"run": run["run"], "setting": run["setting"], **run["values"], "seed": run["seed"]}
         row.update({k: v for k, v in compared.items() if k not in ("label", "run_dir")})
-        row.update({f"under_{THRESHOLD:g}_{k}": v for k, v in phase_changes(metrics).items()})
+        row.update({"grok_step" if k == GROK else f"under_{THRESHOLD:g}_{k}": v
+                    for k, v in phase_changes(metrics).items()})
         rows.append(row)
     table = pd.DataFrame(rows)
     for column in table.columns:  # steps are whole numbers; None where a threshold was never reached
-        if column.startswith(("steps_to_", "under_")) or column == "steps":
+        if column.startswith(("steps_to_", "under_")) or column in ("steps", "grok_step"):
             table[column] = table[column].astype("Int64")
     atomic_write_text(sweep_dir / "results.csv", table.to_csv(index=False))
     write_views(sweep_dir, runs, metrics_of, window)
