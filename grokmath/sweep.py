@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .files import atomic_write_json
+from .sweep_results import run_status, write_results
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPTS = REPO / "scripts"
@@ -209,23 +210,6 @@ def check_flags(parser, flags: list[str], where) -> None:
 
 # ---- what is done: read from the run folders ---------------------------------------------
 
-def run_status(run_dir: Path) -> str:
-    """'finished', 'stopped' (resumable), or 'new' (missing, or stopped before its first state)."""
-    if not (run_dir / "config.json").is_file():
-        return "new"
-    if (run_dir / "summary.json").is_file():
-        return "finished"
-    states = sorted((run_dir / "checkpoints").glob("state_*.pt"))
-    if not states:
-        return "new"
-    try:
-        steps = json.loads((run_dir / "config.json").read_text())["train"]["steps"]
-        last = int(states[-1].stem.split("_")[1])
-    except (ValueError, KeyError, OSError):
-        return "stopped"  # the script names what is wrong when it resumes
-    return "finished" if last >= steps else "stopped"
-
-
 def group_members(run_dir: Path) -> list[str]:
     """The folder names of run_dir's --seeds group (group.json), or just its own."""
     try:
@@ -393,8 +377,6 @@ def run_sweep(sweep: Sweep, workers: int | None = None, stack: int | None = None
     """Finish the sweep: start or resume every run that is not finished, then write results.csv and
     the across-seeds views. Returns the results DataFrame; raises SweepFailed if some runs failed."""
     from tqdm.auto import tqdm
-
-    from .sweep_results import write_results
     runs = plan_sweep(sweep)
     parser = script_parser(sweep.script)
     parser.prog = f"{sweep.script}.py"
@@ -417,7 +399,7 @@ def run_sweep(sweep: Sweep, workers: int | None = None, stack: int | None = None
             failed = run_local(sweep, jobs, slots, bar)
         else:
             from .sweep_ray import run_ray
-            failed = run_ray(sweep, jobs, ray_address, workers, bar)
+            failed = run_ray(sweep, jobs, ray_address, workers, bar, retry=job_failed)
     results = write_results(sweep.out)
     if failed:
         job, code = failed[0]

@@ -37,13 +37,13 @@ def _task(command: list, log: str, cwd: str) -> int:
                               stdin=subprocess.DEVNULL, preexec_fn=die_with_parent).returncode
 
 
-def run_ray(sweep, jobs: list, address: str, workers: int | None, bar) -> list:
-    """Run the jobs as Ray tasks; returns the failed ones with their exit status (as run_local)."""
+def run_ray(sweep, jobs: list, address: str, workers: int | None, bar, retry) -> list:
+    """Run the jobs as Ray tasks; returns the failed ones with their exit status (as run_local);
+    retry(sweep, job, exit status): the jobs to run instead of a failed one (grokmath.sweep.job_failed)."""
     try:
         import ray
     except ImportError:
         raise ValueError("--ray needs Ray: pip install 'ray[default]' (or pip install -e \".[ray]\")") from None
-    from .sweep import job_failed
     local = address == "local"
     try:
         if local:
@@ -77,9 +77,9 @@ def run_ray(sweep, jobs: list, address: str, workers: int | None, bar) -> list:
             if code == 0:
                 bar.update(len(job.runs))
                 continue
-            retry = job_failed(sweep, job, code)
-            running.update({submit(j): j for j in retry})
-            if not retry:
+            instead = retry(sweep, job, code)
+            running.update({submit(j): j for j in instead})
+            if not instead:
                 failed.append((job, code))
     except BaseException:
         for ref in running:

@@ -38,8 +38,24 @@ def read_manifest(sweep_dir) -> dict:
         raise ValueError(f"{path} is damaged ({e}): run the sweep again to rewrite it") from None
 
 
+def run_status(run_dir: Path) -> str:
+    """'finished', 'stopped' (resumable), or 'new' (missing, or stopped before its first state)."""
+    if not (run_dir / "config.json").is_file():
+        return "new"
+    if (run_dir / "summary.json").is_file():
+        return "finished"
+    states = sorted((run_dir / "checkpoints").glob("state_*.pt"))
+    if not states:
+        return "new"
+    try:
+        steps = json.loads((run_dir / "config.json").read_text())["train"]["steps"]
+        last = int(states[-1].stem.split("_")[1])
+    except (ValueError, KeyError, OSError):
+        return "stopped"  # the script names what is wrong when it resumes
+    return "finished" if last >= steps else "stopped"
+
+
 def finished_runs(sweep_dir, manifest: dict) -> list[dict]:
-    from .sweep import run_status
     return [r for r in manifest["runs"] if run_status(Path(sweep_dir) / r["run"]) == "finished"]
 
 
