@@ -77,3 +77,21 @@ def test_help_says_flags_override_the_file(capsys):
     with pytest.raises(SystemExit):
         addition.main(["--help"])
     assert "flags given beside it override" in " ".join(capsys.readouterr().out.split())
+
+
+@pytest.mark.parametrize("name", ["addition", "arithmetic", "skip_trigram", "induction", "modular"])
+def test_every_scripts_config_json_parses_back_to_the_same_configs(name, tmp_path):
+    """A config.json of each experiment's tiny set-up (made here from experiments.py, not by a run),
+    given as --config, builds exactly its model, task and training configs again."""
+    from grokmath import cli, experiments
+    from grokmath.checkpoint import run_config
+    task, model_cfg, train_cfg = experiments.experiment_configs(name, "tiny")
+    config = run_config(model_cfg, task, train_cfg)
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(config))
+    args = cli.parse(load_script(f"train_{name}").build_parser(), ["--config", str(path)])
+    flags = {k: experiments.FLAG_NAMES.get(k, k) for k in task.options()}
+    options = {k: getattr(args, dest) for k, dest in flags.items() if hasattr(args, dest)}
+    rebuilt_task, rebuilt_model, rebuilt_train = cli.training_configs(args, options)
+    rebuilt = run_config(rebuilt_model, rebuilt_task, rebuilt_train)
+    assert json.loads(json.dumps(rebuilt)) == config
