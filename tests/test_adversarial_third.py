@@ -291,6 +291,33 @@ def test_a_full_disk_while_writing_a_checkpoint_is_one_line_and_the_run_resumes(
     assert (run / "metrics.csv").read_bytes() == (base_runs / "add" / "metrics.csv").read_bytes()
 
 
+def test_a_full_disk_inside_torch_save_is_the_same_one_line(tmp_path, full_disk_for, monkeypatch):
+    """Where torch.save itself meets ENOSPC (tensors of 1000 floats and more) it raises its RuntimeError
+    ('[enforce fail at inline_container.cc...]', the issue's traceback; closing the file may add an
+    OSError over it): the same WriteFailed, and the file it was to replace is unchanged."""
+    import torch
+    seen, real = [], grokmath.files._write_failure
+
+    def spy(error):
+        chain = error
+        while chain is not None:  # what was raised, and what it was raised over
+            seen.append(type(chain))
+            chain = chain.__context__
+        return real(error)
+
+    monkeypatch.setattr(grokmath.files, "_write_failure", spy)
+    path = tmp_path / "state_000003.pt"
+    grokmath.files.atomic_torch_save({"step": 3}, path)
+    before = path.read_bytes()
+    full_disk_for("state_000003.pt")
+    with pytest.raises(grokmath.files.WriteFailed, match=r"could not write .*state_000003.pt \(No space left"):
+        grokmath.files.atomic_torch_save({"model": {"w": torch.zeros(1000)}, "step": 3}, path)
+    assert RuntimeError in seen and path.read_bytes() == before and os.listdir(tmp_path) == [path.name]
+    # torch's RuntimeError alone (its OSError swallowed, as the issue saw it) is a failed write too
+    assert "inline_container" in grokmath.files._write_failure(
+        RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598"))
+
+
 def test_a_full_disk_before_the_first_checkpoint_keeps_the_old_run(capsys, tmp_path, base_runs, full_disk_for):
     run = copy_run(base_runs, "add", tmp_path)
     before = user_files(run)
