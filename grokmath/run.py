@@ -186,8 +186,8 @@ def group_of(run_dir) -> list[Path]:
     if os.path.realpath(run.path) not in [os.path.realpath(m) for m in members]:
         raise ValueError(f"{run.path / 'group.json'} does not list {run.path.name}: it was copied from another "
                          "run; delete it to resume this run alone")
-    for member in members:
-        if not RunDir(member).is_run():
+    for member in members:  # (one partway through a move aside is recovered by resume_runs under its lock)
+        if not (RunDir(member).is_run() or RunDir(member).needs_recovery()):
             raise ValueError(f"{run.path} was trained stacked with {', '.join(m.name for m in members)} (its "
                              f"group.json), but {member} is missing or not a run folder: restore it to resume the "
                              "group, or delete group.json in each remaining folder to resume them one at a time")
@@ -271,15 +271,26 @@ def _resume_locked(run_dir, members: list[Path], device, steps, progress, plots,
 
 
 def put_back_replaced(run_dir) -> None:
-    """If run_dir holds a replacement stopped before its first checkpoint, put back the run it was
-    replacing (as --resume does first), so the folder reads as that run again."""
-    run = RunDir(run_dir)
-    if run.path.is_dir() and run.needs_recovery():
+    """If run_dir (or a run of its --seeds group) was left partway through a move aside, e.g. a
+    replacement stopped before its first checkpoint, put back the run it was replacing (as --resume
+    does first), so the folders read as those runs again."""
+    def recover(path):
+        run = RunDir(path)
+        if run.path.is_dir() and run.needs_recovery():
+            try:
+                run.lock()
+                run.recover()
+            finally:
+                run.unlock()
+
+    recover(run_dir)
+    if RunDir(run_dir).is_run():
         try:
-            run.lock()
-            run.recover()
-        finally:
-            run.unlock()
+            members = RunDir(run_dir).read_group() or []
+        except ValueError:  # a damaged group.json: group_of says so
+            members = []
+        for member in members:
+            recover(member)
 
 
 def resume_run(run_dir, device=None, steps: int | None = None, progress: bool = True, plots: bool = True,

@@ -484,3 +484,17 @@ def test_two_training_processes_racing_for_one_run_folder(tmp_path):
     runs = [RunDir(run)]
     assert load_latest_states(runs)[0]["step"] == stopped
     assert no_temporary_files(run) and not RunDir(run).needs_recovery()
+
+
+def test_resume_recovers_a_seeds_group_member_left_partway(capsys, tmp_path):
+    """--resume on one run of a --seeds group puts back every member first (here the second, as the
+    issue built the state), then resumes the group (finished: it says so)."""
+    load_script("train_addition").main([*TINY, "--seeds", "1", "2", "--out", str(tmp_path)])
+    runs = [tmp_path / f"addition_2d_s{seed}" for seed in (1, 2)]
+    before = [user_files(run) for run in runs]
+    (runs[1] / REPLACING).mkdir()
+    os.replace(runs[1] / "config.json", runs[1] / REPLACING / "config.json")
+    expect_error(capsys, "evaluate", [str(runs[1]), "--questions", "10"], "partway through moving its run aside",
+                 f"--resume {runs[1]} puts them back")
+    expect_error(capsys, "train_addition", ["--resume", str(runs[0])], "already finished its 6 steps")
+    assert [user_files(run) for run in runs] == before and not RunDir(runs[1]).needs_recovery()
