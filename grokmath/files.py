@@ -40,17 +40,17 @@ class WriteFailed(OSError):
     """A file could not be written (e.g. the disk is full); the file it was to replace is unchanged."""
 
 
-def _write_failure(error: BaseException) -> str | None:
-    """Why a write failed, when `error` is a failed write: an OSError, or the RuntimeError torch.save
-    raises over one ('[enforce fail at inline_container.cc...]'); None for anything else (a bug)."""
+def _write_failure(error: BaseException) -> tuple[str, int | None] | None:
+    """(why, errno) when `error` is a failed write: an OSError, or the RuntimeError torch.save raises
+    over one ('[enforce fail at inline_container.cc...]'); None for anything else (a bug)."""
     seen = error
     while seen is not None:
         if isinstance(seen, OSError):
-            return seen.strerror or str(seen) or type(seen).__name__
+            return seen.strerror or str(seen) or type(seen).__name__, seen.errno
         seen = seen.__cause__ or seen.__context__
     text = str(error)
     if isinstance(error, RuntimeError) and ("inline_container" in text or "PytorchStreamWriter" in text):
-        return f"torch.save could not write it: {text.splitlines()[0] if text else 'no detail'}"
+        return f"torch.save could not write it: {text.splitlines()[0]}", None
     return None
 
 
@@ -113,10 +113,10 @@ def _atomic_write(path: Path, write) -> None:
     except BaseException as e:
         if os.path.exists(tmp):
             os.unlink(tmp)
-        why = None if isinstance(e, WriteFailed) else _write_failure(e)
-        if why is not None:
-            failed = WriteFailed(f"could not write {path} ({why})")
-            failed.errno = getattr(e, "errno", None)
+        failure = None if isinstance(e, WriteFailed) else _write_failure(e)
+        if failure is not None:
+            failed = WriteFailed(f"could not write {path} ({failure[0]})")
+            failed.errno = failure[1]
             raise failed from None
         raise
 

@@ -19,6 +19,7 @@ run with a TrainingInterrupted saying what was kept.
 """
 from __future__ import annotations
 
+import errno
 import os
 import shlex
 import signal
@@ -67,7 +68,7 @@ def _train_new_runs(run_dirs, configs: list[dict], overwrite: bool, body):
                                       e.signum) from None
         if isinstance(e, WriteFailed):
             if not kept:
-                raise WriteFailed(f"{e}; nothing of the new run was kept{back}: free some space, then run the same "
+                raise WriteFailed(f"{e}; nothing of the new run was kept{back}: {_fix(e)}, then run the same "
                                   "command again") from None
             raise _write_failed_but_resumable(e, runs) from None
         raise
@@ -80,8 +81,12 @@ def _write_failed_but_resumable(e: WriteFailed, runs: list[RunDir]) -> WriteFail
     not at all, so its checkpoints up to the newest one every run has are intact."""
     step = max(set.intersection(*(set(run.state_steps()) for run in runs)), default=0)
     resume = shlex.join(["python", sys.argv[0], "--resume", str(runs[0].path)])
-    return WriteFailed(f"{e}; the run is intact up to its checkpoint at step {step} and stays resumable: free some "
-                       f"space, then resume with: {resume}")
+    return WriteFailed(f"{e}; the run is intact up to its checkpoint at step {step} and stays resumable: "
+                       f"{_fix(e)}, then resume with: {resume}")
+
+
+def _fix(e: OSError) -> str:
+    return "free some space" if e.errno in (errno.ENOSPC, errno.EDQUOT) else "make the folder writable (or free some space)"
 
 
 def _command(script: str, run_dir) -> str:

@@ -315,7 +315,7 @@ def test_a_full_disk_inside_torch_save_is_the_same_one_line(tmp_path, full_disk_
     assert RuntimeError in seen and path.read_bytes() == before and os.listdir(tmp_path) == [path.name]
     # torch's RuntimeError alone (its OSError swallowed, as the issue saw it) is a failed write too
     assert "inline_container" in grokmath.files._write_failure(
-        RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598"))
+        RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598"))[0]
 
 
 def test_a_full_disk_before_the_first_checkpoint_keeps_the_old_run(capsys, tmp_path, base_runs, full_disk_for):
