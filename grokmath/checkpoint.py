@@ -16,7 +16,8 @@ A run folder `runs/<run-name>/` holds
 anything is removed; a run being replaced is moved aside (`.replaced/` inside its folder) and
 deleted only once its replacement has its first resumable state (`abandon_runs` puts it back if
 the replacement fails before that; a process killed before that leaves it to be put back by the
-next writer); a run stopped before its first state (`is_unstarted`) is replaced without
+next writer, which recovers before anything else; readers name each state a kill can leave, listed
+above `RunDir.moving_entries`, and what recovers it); a run stopped before its first state (`is_unstarted`) is replaced without
 --overwrite. One writer per run folder: a writer holds an flock on `<run>/.lock` (`RunDir.lock`),
 which the kernel drops when the process ends, however it ends; a second writer is refused
 naming the holder's pid. Every file is written whole or not at all and every checkpoint is
