@@ -8,7 +8,6 @@ processes racing for one run folder: one trains, the other is refused."""
 import json
 import os
 import re
-import resource
 import shutil
 import signal
 import subprocess
