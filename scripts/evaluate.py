@@ -51,6 +51,7 @@ def main(argv=None):
 
     device = resolve_device(args.device)
     run = load_run(args.run_dir, step=args.checkpoint, device=device)
+    print(run.describe(), flush=True)
     enriched = "_enriched" if args.enrich else ""
     path = run.path / "analysis" / f"evaluate_step{run.step:06d}_n{args.questions}_seed{args.seed}{enriched}.json"
     refuse_existing(path, args.overwrite)
