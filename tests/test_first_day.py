@@ -189,3 +189,29 @@ def test_no_script_takes_a_prefix_of_a_flag_for_the_flag(script, monkeypatch):
 def test_digit_is_not_digits(capsys):
     code, _, err = guarded(capsys, "train_addition", ["--digit", "5"])
     assert code == 2 and "unrecognized arguments: --digit 5" in err
+
+
+def test_failing_questions_show_the_right_answer_as_the_model_writes_it(stopped_run, capsys):
+    """Each listed failure: the right answer with its leading zeros, from Python integers."""
+    run, _ = stopped_run
+    code, out, err = guarded(capsys, "evaluate", [str(run), "--questions", "200", "--no-progress",
+                                                  "--max-failures", "30", "--seed", "3"])
+    assert code == 0, err
+    assert "the right answer and the model's greedy answer" in out
+    rows = re.findall(r"^  (\d+)\+(\d+)=\s+right (\d+)  model (\d+)  wrong: ([A0-9 ]+)$", out, re.M)
+    assert len(rows) == 20  # the model at step 17 gets most wrong; 20 of them are printed
+    for x, y, right, model, wrong in rows:
+        assert right == str(int(x) + int(y)).zfill(3) and len(model) == 3
+        # greedy generation follows teacher forcing up to its first wrong digit, so both fail first there
+        first_wrong = next(f"A{2 - i}" for i in range(3) if right[i] != model[i])
+        assert wrong.split()[0] == first_wrong
+
+
+def test_evaluate_picks_its_default_count_by_device_and_says_so(stopped_run, capsys, monkeypatch):
+    from grokmath.analysis import evaluate
+    assert evaluate.default_questions("cpu") == 100_000 and evaluate.default_questions("cuda") == 1_000_000
+    monkeypatch.setattr(evaluate, "default_questions", lambda device: 40 if torch.device(device).type == "cpu" else 0)
+    run, _ = stopped_run
+    code, out, err = guarded(capsys, "evaluate", [str(run), "--no-progress", "--overwrite"])
+    assert code == 0, err
+    assert out.splitlines()[1].startswith("40 questions, the default on a CPU") and ": 40 uniform questions" in out
