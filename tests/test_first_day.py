@@ -215,3 +215,28 @@ def test_evaluate_picks_its_default_count_by_device_and_says_so(stopped_run, cap
     code, out, err = guarded(capsys, "evaluate", [str(run), "--no-progress", "--overwrite"])
     assert code == 0, err
     assert out.splitlines()[1].startswith("40 questions, the default on a CPU") and ": 40 uniform questions" in out
+
+
+def test_a_notebook_name_asked_of_batch_meta_points_to_the_notebook_layout():
+    """Raw batch.meta is units first and bool; a cell ported from the seed notebooks asks for their
+    names and must be told where their layout is, however the batch was made."""
+    from grokmath.tasks import make_task
+    from grokmath.tasks.base import Batch
+    task = make_task("addition", n_digits=3)
+    batch = task.sample(8, torch.Generator().manual_seed(0))
+    for made in (batch, batch.index(slice(0, 4)), batch.to("cpu"), Batch.cat([batch, batch])):
+        for name in ("use_sum9s", "base_adds", "make_carry1s", "carries"):
+            with pytest.raises(KeyError, match=r"UNITS FIRST.*task\.notebook_layout\(batch\)"):
+                made.meta[name]
+        assert "units first" in repr(made.meta) and "notebook_layout" in repr(made.meta)
+    # what the pointer leads to: the same flags most significant digit first, as the notebook's loop builds them
+    notebook = task.notebook_layout(batch)
+    digits = [[int(c) for c in text[:7].replace("+", "")] for text in task.decode(batch.tokens)]
+    for row, d in enumerate(digits):
+        x, y = d[:3], d[3:]
+        carry, use_sum9 = 0, []
+        for col in range(2, -1, -1):  # units last in the notebook's columns
+            use_sum9.insert(0, int(x[col] + y[col] == 9 and carry == 1))
+            carry = int(x[col] + y[col] + carry >= 10)
+        assert notebook.use_sum9s[row].tolist() == use_sum9
+    assert torch.equal(notebook.use_sum9s, batch.meta["use_sum9"].flip(1).long())
