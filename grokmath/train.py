@@ -22,9 +22,11 @@ Each run folder (grokmath.checkpoint) gets `metrics.csv` (flushed at every check
 checkpoints and resumable states; the folders are made beforehand (grokmath.run). `resume=True`
 continues from the newest state (for K models, the newest step every one of them has) and
 reproduces an uninterrupted run bit for bit on CPU; a newest state that does not load or fit is
-reported and the one before used. SIGINT/SIGTERM save a state and raise TrainingInterrupted (under
-torchrun every rank stops at the same step, agreed by an all-reduce each step; rank 0 saves); a
-non-finite loss raises NonFiniteLoss (or, with skip_nonfinite, for one model only, is skipped).
+reported and the one before used. SIGINT/SIGTERM save a state and the model at that step (so a
+stopped run is analysed where it stopped) and raise TrainingInterrupted (under torchrun every rank
+stops at the same step, agreed by an all-reduce each step; rank 0 saves); a non-finite loss raises
+NonFiniteLoss (or, with skip_nonfinite, for one model only, is skipped). With progress on, the loop
+first prints the run's header and its expected time (grokmath.announce), then opens its bar.
 
 On a GPU the same step runs as a captured CUDA graph (grokmath.capture: static input buffers, the
 schedule and the metrics row on the device, a self-check against this eager step before it is
