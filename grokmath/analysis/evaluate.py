@@ -362,8 +362,8 @@ def format_report(report: dict) -> str:
         shown = min(20, len(report["failures"]))
         lines.append(f"failing questions ({shown} of the {report['failures_listed']} in the report): the question, "
                      "the right answer and the model's greedy answer, both written as the model writes answers "
-                     "(every digit: leading zeros, sign), and the answer digits it gets wrong when given the right digits "
-                     "before each (teacher-forced)")
+                     "(every digit: leading zeros, sign), and the answer digits it gets wrong when given the right "
+                     "digits before each (teacher-forced)")
         width = max(len(f["question"]) for f in report["failures"][:shown])
         for f in report["failures"][:shown]:
             expected = f.get("expected_tokens", f["expected"])  # reports written before expected_tokens

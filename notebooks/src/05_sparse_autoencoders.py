@@ -80,7 +80,8 @@ cfg = SAEConfig(d_sae=256, l1_weight=3.0, lr=3e-3, epochs=20)
 sae, history = train_sae(train_source, cfg, log=print)
 held_out = evaluate_sae(sae, eval_source, cfg)
 print("Held-out:", format_report(None, held_out, cfg.d_sae))
-print(f"features active on a row: {held_out['sparsity']:.1%} of {cfg.d_sae} (L0 {held_out['sparsity'] * cfg.d_sae:.1f})")
+print(f"features active on a row: {held_out['sparsity']:.1%} of {cfg.d_sae} "
+      f"(L0 {held_out['sparsity'] * cfg.d_sae:.1f})")
 assert held_out["sparsity"] < 0.06
 
 # %% [markdown]
