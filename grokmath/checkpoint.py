@@ -17,7 +17,8 @@ A run folder `runs/<run-name>/` holds
 anything is removed; a run being replaced is moved aside (`.replaced/` inside its folder) and
 deleted only once its replacement has its first resumable state (`abandon_runs` puts it back if
 the replacement fails before that; a process killed before that leaves it to be put back by the
-next writer); a run stopped before its first state (`is_unstarted`) is replaced without
+next writer, which recovers before anything else; readers name each state a kill can leave, listed
+above `RunDir.moving_entries`, and what recovers it); a run stopped before its first state (`is_unstarted`) is replaced without
 --overwrite. One writer per run folder: a writer holds an flock on `<run>/.lock` (`RunDir.lock`),
 which the kernel drops when the process ends, however it ends; a second writer is refused
 naming the holder's pid. Every file is written whole or not at all and every checkpoint is
@@ -28,6 +29,7 @@ damaged.
 """
 from __future__ import annotations
 
+import errno
 import io
 import json
 import os
@@ -45,6 +47,7 @@ import pandas as pd
 import torch
 
 from .config import ModelConfig, TrainConfig
+from .errors import signals_deferred
 from .files import (_UMASK, CheckpointError, UnsafeCheckpoint, _atomic_write, _is_tmp,  # noqa: F401 (re-exported)
                     atomic_copy, atomic_torch_save, atomic_write_json, atomic_write_text, refuse_existing, safe_load)
 from .memory import FLOAT, check_fits, n_params
@@ -99,6 +102,21 @@ class RunInUse(ValueError):
     """Another live process is writing the run folder."""
 
 
+def _key(path) -> str:
+    """The held-lock key of a run folder: its real path (os.path.realpath: never raises on a symlink loop)."""
+    return os.path.realpath(path)
+
+
+def check_no_link_loop(path) -> None:
+    """A path through a symbolic link that loops (a -> b -> a) names nothing: one line, not a traceback."""
+    try:
+        os.stat(path)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise ValueError(f"{path} goes through a symbolic link that loops back on itself (it leads to no file "
+                             "or folder): remove the link, or give another path or --run-name") from None
+
+
 def _remove(path: Path) -> None:
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path)
@@ -113,6 +131,8 @@ class RunDir:
         self.path = Path(path)
         self.created = False  # prepare_runs: whether this process made the folder
         self.written = False  # prepare_runs: whether this process wrote the run's config.json
+        self.moved_aside = False  # prepare_runs: whether it moved an old run aside to replace it
+        self.undone = False  # abandon_runs: whether it undid this process's new run (a replaced one put back)
 
     @property
     def config_path(self) -> Path:
@@ -148,8 +168,13 @@ class RunDir:
         return self.config_path.is_file()
 
     def check_is_run(self) -> None:
+        """Refuse, in one line saying what to do, a folder that is not a whole run now: missing, a
+        symbolic link loop, partway through a move aside (see `being_replaced`), or no run at all."""
+        check_no_link_loop(self.path)
         if not self.path.exists():
             raise ValueError(f"run folder {self.path} does not exist: give the folder a train script made, e.g. runs/<run-name>")
+        if self.being_replaced():  # before the config.json check: config.json may be the part moved aside
+            raise ValueError(self.replacement_state())
         if not self.is_run():
             raise ValueError(f"{self.path} is not a grokmath run folder (no {CONFIG}): "
                              "give a folder made by scripts/train_*.py")
@@ -191,9 +216,42 @@ class RunDir:
                 return False
         return True
 
+    # A move aside (prepare_runs: `_move_aside`; back: `recover`), every state a kill can leave:
+    #  forward   1 .replacing/ made, empty, the run whole at the top   -> readable; a writer removes .replacing/
+    #            2 some entries in .replacing/, the rest at the top    -> being replaced; a writer puts them back
+    #            3 all entries in .replacing/                          -> the same
+    #            4 .replacing/ renamed .replaced/; then the new run's config.json, metrics.csv, model_000000.pt
+    #                                                                  -> being replaced; a writer puts it back
+    #            5 the new run's first state written, .replaced/ (partly) still there
+    #                                                                  -> the new run, readable; a writer deletes .replaced/
+    #  back      6 the new run's entries removed (some or all), .replaced/ whole  -> as 4
+    #            7 .replaced/ renamed .replacing/; entries moved back one by one  -> as 2
+    #            8 all back, .replacing/ empty                          -> as 1
+    def moving_entries(self) -> list[str]:
+        """What .replacing/ holds: the entries of a run caught partway through a move aside (either way)."""
+        moving = self.path / REPLACING
+        return sorted(os.listdir(moving)) if moving.is_dir() else []
+
+    def needs_recovery(self) -> bool:
+        """Whether a move aside was left behind (any state above): the next writer finishes or undoes it."""
+        return (self.path / REPLACED).exists() or (self.path / REPLACING).exists()
+
     def being_replaced(self) -> bool:
-        """Whether the folder still holds a run it was to be replaced by one that has no state yet."""
-        return ((self.path / REPLACED).exists() or (self.path / REPLACING).exists()) and not self.state_steps()
+        """Whether the folder's run is not whole at its top: entries in .replacing/ (a move either way,
+        stopped), or a run in .replaced/ whose replacement has no resumable state yet."""
+        if self.moving_entries():
+            return True
+        return (self.path / REPLACED).exists() and not self.state_steps()
+
+    def replacement_state(self) -> str:
+        """What a reader is told about a folder that is being_replaced, and what recovers it."""
+        if self.moving_entries():
+            return (f"{self.path} is partway through moving its run aside (an --overwrite, or the undoing of one, "
+                    f"was stopped): its files are split between {self.path} and {self.path / REPLACING}; --resume "
+                    f"{self.path} puts them back and continues it (the --overwrite command again replaces it)")
+        return (f"{self.path} is being replaced by a run that has no checkpoint yet (or one stopped before its "
+                f"first): the run it replaces is in {self.path / REPLACED}; --resume {self.path} puts it back and "
+                "continues it (the --overwrite command again replaces it)")
 
     def check_replaceable(self, overwrite: bool) -> str:
         """What making a run here would do, 'new' (nothing there, or an empty folder), 'unstarted'
@@ -219,7 +277,8 @@ class RunDir:
     def lock(self) -> None:
         """Become the folder's one writer (making the folder if needed) until unlock() or the end of
         this process, however it ends (an flock, which the kernel drops with the process)."""
-        key = str(self.path.resolve())
+        check_no_link_loop(self.path)
+        key = _key(self.path)
         if key in _HELD:
             return
         self.path.mkdir(parents=True, exist_ok=True)
@@ -239,14 +298,14 @@ class RunDir:
         _HELD[key] = fd
 
     def unlock(self) -> None:
-        fd = _HELD.pop(str(self.path.resolve()), None)
+        fd = _HELD.pop(_key(self.path), None)
         if fd is not None and fd >= 0:
             os.close(fd)  # closing the file drops the flock
 
     def check_not_in_use(self) -> None:
         """Refuse (RunInUse) when another process holds the folder's lock; takes nothing."""
         path = self.path / LOCK
-        if fcntl is None or str(self.path.resolve()) in _HELD or not path.is_file():
+        if fcntl is None or _key(self.path) in _HELD or not path.is_file():
             return
         fd = os.open(path, os.O_RDONLY)
         try:
@@ -259,22 +318,29 @@ class RunDir:
             os.close(fd)
 
     def recover(self) -> None:
-        """Under the lock: finish what a killed writer left half done. A replaced run whose
-        replacement reached its first state is deleted; otherwise it is put back (the unstarted
-        replacement's files go). Stale temporary files of the writer's own files are removed."""
+        """Under the lock: finish what a killed writer left half done (every state listed above). A
+        replaced run whose replacement reached its first state is deleted; otherwise it is put back
+        (the unstarted replacement's files go). Stale temporary files of the writer's own files are
+        removed. A signal meanwhile waits until the run is whole (signals_deferred)."""
         aside, moving = self.path / REPLACED, self.path / REPLACING
-        if aside.is_dir():
-            if self.state_steps():
-                shutil.rmtree(aside)
-            else:
-                for name in self._entries():
-                    _remove(self.path / name)
-                os.replace(aside, moving)
-        if moving.is_dir():  # entries of the old run, the rest of it (if any) at the top
-            for name in os.listdir(moving):
-                if not (self.path / name).exists():
+        with signals_deferred():
+            if aside.exists() and moving.exists():  # no state of ours: someone moved things by hand
+                raise ValueError(f"{self.path} holds both {REPLACED} and {REPLACING}: put the run's files back at the "
+                                 "top of the folder by hand, then remove both")
+            if aside.is_dir():
+                if self.state_steps():
+                    shutil.rmtree(aside)
+                else:
+                    for name in sorted(self._entries()):
+                        _remove(self.path / name)
+                    os.replace(aside, moving)
+            if moving.is_dir():  # entries of the old run; the rest of it (if any) is at the top
+                for name in sorted(os.listdir(moving)):
+                    if os.path.lexists(self.path / name):  # never by our moves: keep both, say so
+                        raise ValueError(f"{self.path / name} and {moving / name} both exist: keep the one the run "
+                                         f"needs at the top of the folder, delete the other, and remove {moving}")
                     os.replace(moving / name, self.path / name)
-            shutil.rmtree(moving)
+                moving.rmdir()
         for folder, names in ((self.path, _WRITER_FILES), (self.checkpoint_dir, None)):
             if folder.is_dir():
                 for name in os.listdir(folder):
@@ -282,12 +348,14 @@ class RunDir:
                         (folder / name).unlink(missing_ok=True)
 
     def _move_aside(self) -> None:
-        """Move the run's files into .replaced/ (first .replacing/, renamed once all are in)."""
+        """Move the run's files into .replaced/ (first .replacing/, renamed once all are in); a signal
+        meanwhile waits until the move is done (and prepare_runs then moves them back)."""
         moving = self.path / REPLACING
-        moving.mkdir()
-        for name in self._entries():
-            os.replace(self.path / name, moving / name)
-        os.replace(moving, self.path / REPLACED)
+        with signals_deferred():
+            moving.mkdir()
+            for name in sorted(self._entries()):
+                os.replace(self.path / name, moving / name)
+            os.replace(moving, self.path / REPLACED)
 
     def _clear(self) -> None:
         """Remove what an unstarted run (or a start killed before config.json) left."""
@@ -303,11 +371,7 @@ class RunDir:
     # config ------------------------------------------------------------------------------
     def read_config(self) -> dict:
         """config.json as a dict, its three sections checked to be tables (the values: `configs`)."""
-        self.check_is_run()
-        if self.being_replaced():
-            raise ValueError(f"{self.path} is being replaced by a run that has no checkpoint yet (or one stopped "
-                             f"before its first): the run it replaces is in {self.path / REPLACED}; --resume "
-                             f"{self.path} puts it back and continues it")
+        self.check_is_run()  # (a folder partway through a move aside is refused there, saying what recovers it)
         try:
             config = json.loads(self.config_path.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
@@ -343,6 +407,14 @@ class RunDir:
                              f"{model_cfg.d_vocab_out}, n_ctx {model_cfg.n_ctx}) does not fit its task (d_vocab "
                              f"{task.d_vocab}, d_vocab_out {task.d_vocab_out}, n_ctx {task.n_ctx}): restore it")
         return model_cfg, train_cfg, task
+
+    def record_steps(self, steps: int) -> None:
+        """`--resume --steps N`: config.json's train.steps becomes N, every other byte of it kept.
+        Called once the resumed state has loaded (grokmath.train), so a resume that fails changes nothing."""
+        config = json.loads(self.config_path.read_text())
+        if config["train"].get("steps") != steps:
+            config["train"]["steps"] = steps
+            atomic_write_json(self.config_path, config)
 
     # metrics ---------------------------------------------------------------------------
     def write_metrics(self, metrics: pd.DataFrame | str) -> None:
@@ -487,10 +559,11 @@ def load_latest_states(runs: list[RunDir], warn=print, restore=None) -> list[dic
 
 def check_run_name(path) -> None:
     """A run folder is a plain folder inside its parent: not '', '.' or '..' (with --overwrite those
-    would replace the parent's runs)."""
+    would replace the parent's runs), and not a symbolic link that loops."""
     if Path(path).name in ("", ".", ".."):
         raise ValueError(f"{path} is not a run folder name: a run name is one plain folder name (no '/', not '.' "
                          "or '..')")
+    check_no_link_loop(path)
 
 
 def prepare_runs(paths: list, configs: list[dict], overwrite: bool = False) -> list[RunDir]:
@@ -501,15 +574,22 @@ def prepare_runs(paths: list, configs: list[dict], overwrite: bool = False) -> l
     run is replaced only with overwrite, a run stopped before its first state without it, any other
     non-empty folder never), and the locks (a folder another process writes is refused). A run
     being replaced is moved aside, into its folder's .replaced/, deleted by the new run's first
-    state (RunDir.save_state) or put back by `abandon_runs` (or, after a kill, RunDir.recover)."""
-    runs = [RunDir(p) for p in paths]
+    state (RunDir.save_state) or put back by `abandon_runs` (or, after a kill, RunDir.recover: the
+    first thing a writer does, before it asks whether the folder holds a run). `paths` may be RunDirs:
+    the caller then sees what was done to each (created, written, moved_aside, undone)."""
+    runs = [p if isinstance(p, RunDir) else RunDir(p) for p in paths]
     for run in runs:
         check_run_name(run.path)
-    if len({run.path.resolve() for run in runs}) != len(runs):
+    if len({_key(run.path) for run in runs}) != len(runs):
         raise ValueError(f"the run folders {', '.join(str(r.path) for r in runs)} repeat: give distinct ones")
-    for run in runs:  # read-only checks first, so no lock file lands in a folder that is not a run's
-        run.check_replaceable(overwrite)
     try:
+        for run in runs:  # a move aside a killed writer left (config.json may be in it): put back first
+            if run.path.is_dir() and run.needs_recovery():
+                run.lock()
+                run.recover()
+        for run in runs:  # read-only checks, so no lock file lands in a folder that is not a run's
+            run.check_not_in_use()
+            run.check_replaceable(overwrite)
         for run in runs:
             run.created = not run.path.exists()
             run.lock()
@@ -519,6 +599,7 @@ def prepare_runs(paths: list, configs: list[dict], overwrite: bool = False) -> l
             kinds.append(run.check_replaceable(overwrite))
         for run, kind in zip(runs, kinds):
             if kind == "run":
+                run.moved_aside = True
                 run._move_aside()
             else:
                 run._clear()
@@ -538,25 +619,29 @@ def prepare_runs(paths: list, configs: list[dict], overwrite: bool = False) -> l
 def abandon_runs(runs: list[RunDir]) -> bool:
     """After a failure: each run that has no resumable state yet is undone (its files removed, the
     folder too if this process made it, a run it was replacing put back); runs with a state are
-    kept. Unlocks them all. Returns whether every run was kept."""
+    kept. Unlocks them all. Returns whether every run was kept. A signal meanwhile waits until all
+    are undone (signals_deferred)."""
     kept = True
-    for run in runs:
-        try:
-            if run.path.is_dir() and not run.state_steps() and str(run.path.resolve()) in _HELD:
-                kept = False
-                if (run.path / REPLACED).exists() or (run.path / REPLACING).exists():
-                    run.recover()
-                elif run.written or run.created:  # what this process made, and nothing else
-                    if run.written:
-                        run._clear()
-                    if run.created:
-                        (run.path / LOCK).unlink(missing_ok=True)
-                        try:
-                            run.path.rmdir()
-                        except OSError:  # someone put something there meanwhile: leave it
-                            pass
-        finally:
-            run.unlock()
+    with signals_deferred():
+        for run in runs:
+            try:
+                if run.path.is_dir() and not run.state_steps() and _key(run.path) in _HELD:
+                    kept = False
+                    if run.needs_recovery():
+                        run.undone = True
+                        run.recover()
+                    elif run.written or run.created:  # what this process made, and nothing else
+                        run.undone = True
+                        if run.written:
+                            run._clear()
+                        if run.created:
+                            (run.path / LOCK).unlink(missing_ok=True)
+                            try:
+                                run.path.rmdir()
+                            except OSError:  # someone put something there meanwhile: leave it
+                                pass
+            finally:
+                run.unlock()
     return kept
 
 

@@ -27,7 +27,7 @@ from dataclasses import fields
 from pathlib import Path
 
 from .config import TrainConfig, is_whole, model_config_for
-from .errors import NonFiniteLoss, SignalOutsideLoop, TrainingInterrupted
+from .errors import NonFiniteLoss, SignalOutsideLoop, TrainingInterrupted, defer_signal
 
 # torch, pandas and the rest of grokmath are imported inside the functions that use them, so that a
 # script reaches main_guard (its signal handler and one-line errors) before those slow imports
@@ -407,7 +407,8 @@ def _warn(message: str) -> None:
 
 
 def _raise_signal_outside_loop(signum, frame):
-    raise SignalOutsideLoop(signum)
+    if not defer_signal(signum):  # a run folder's files being moved: raised once the move is done
+        raise SignalOutsideLoop(signum)
 
 
 def main_guard(main, argv=None) -> None:

@@ -3,7 +3,8 @@
 - `atomic_write_text/json`, `atomic_torch_save`, `atomic_copy`: write to a temporary file beside the
   target (its name carries the writer's pid, so one a dead process left is recognised and removed
   by the next write of that file), then rename it into place: a crash mid-write leaves the previous
-  good file.
+  good file. A write that fails (a full disk: an OSError, or torch.save's RuntimeError over it)
+  raises WriteFailed, one line naming the file and why.
 - Checkpoints carry a SHA-256 of their bytes in the zip archive's end comment (torch.save writes a
   zip; torch.load ignores the comment, so they stay plain torch.load files).
 - `safe_load(path)`: checks the checksum (a file written before checksums existed: the CRC-32 zip
@@ -33,6 +34,24 @@ class CheckpointError(ValueError):
 
 class UnsafeCheckpoint(CheckpointError):
     """A checkpoint whose bytes are intact but which holds pickled code: refused, never a fallback."""
+
+
+class WriteFailed(OSError):
+    """A file could not be written (e.g. the disk is full); the file it was to replace is unchanged."""
+
+
+def _write_failure(error: BaseException) -> tuple[str, int | None] | None:
+    """(why, errno) when `error` is a failed write: an OSError, or the RuntimeError torch.save raises
+    over one ('[enforce fail at inline_container.cc...]'); None for anything else (a bug)."""
+    seen = error
+    while seen is not None:
+        if isinstance(seen, OSError):
+            return seen.strerror or str(seen) or type(seen).__name__, seen.errno
+        seen = seen.__cause__ or seen.__context__
+    text = str(error)
+    if isinstance(error, RuntimeError) and ("inline_container" in text or "PytorchStreamWriter" in text):
+        return f"torch.save could not write it: {text.splitlines()[0]}", None
+    return None
 
 
 # ---- atomic writes -------------------------------------------------------------------------
@@ -91,9 +110,14 @@ def _atomic_write(path: Path, write) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        failure = None if isinstance(e, WriteFailed) else _write_failure(e)
+        if failure is not None:
+            failed = WriteFailed(f"could not write {path} ({failure[0]})")
+            failed.errno = failure[1]
+            raise failed from None
         raise
 
 

@@ -6,13 +6,22 @@ minutes later. Each estimate counts only the big terms, in float32 bytes: the pa
 train, their gradients and AdamW's two moments, Grokfast's state), the activations one forward
 and backward keep, the logits and their float64 log-softmax, and a fixed data set. They are lower
 bounds, so a refusal means the job cannot fit; one that passes may still be close.
-`check_fits(nbytes, device, what, fix)` compares with the memory free now (CPU: MemAvailable,
-and the cgroup's limit where one is set; GPU: torch.cuda.mem_get_info) and raises one ValueError.
+`check_fits(nbytes, device, what, fix)` compares with the memory free now and raises one
+ValueError. On a CPU that is the least of: MemAvailable; what each memory cgroup this process is in
+(and its parents) has left, v2 (memory.max) or v1 (memory.limit_in_bytes), its reclaimable page
+cache counted as free; and the address space left under `ulimit -v` (RLIMIT_AS). On a GPU:
+torch.cuda.mem_get_info. Every script that allocates by a number a user gives checks first:
+training, evaluate, ablate, attention, progress_measures, train_sae.
 """
 from __future__ import annotations
 
 import os
 from pathlib import Path
+
+try:
+    import resource
+except ImportError:  # not on Windows
+    resource = None
 
 import torch
 
@@ -27,6 +36,79 @@ def format_bytes(n: float) -> str:
     return f"{n:.1f} TB"
 
 
+CGROUP_ROOT = Path("/sys/fs/cgroup")  # where the cgroup file systems are mounted
+PROC_SELF = Path("/proc/self")
+_UNLIMITED_V1 = 1 << 62  # cgroup v1 writes "no limit" as a number near 2**63
+
+
+def _read_int(path: Path) -> int | None:
+    try:
+        return int(path.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _stat_value(path: Path, key: str) -> int:
+    """One value of a cgroup's memory.stat (0 when absent)."""
+    try:
+        for line in path.read_text().splitlines():
+            name, _, value = line.partition(" ")
+            if name == key:
+                return int(value)
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
+def _cgroup_dirs(mount: Path, cgroup_path: str) -> list[Path]:
+    """The folders of this process's cgroup and its parents under `mount` (in a container, whose
+    cgroup path is not visible there, the mount itself)."""
+    parts = [p for p in cgroup_path.strip("/").split("/") if p]
+    dirs = [mount.joinpath(*parts[:i]) for i in range(len(parts), 0, -1)] + [mount]
+    return [d for d in dirs if d.is_dir()]
+
+
+def _cgroup_free() -> list[int]:
+    """What each memory cgroup limit over this process leaves: limit - usage + reclaimable page cache."""
+    free = []
+    try:
+        lines = (PROC_SELF / "cgroup").read_text().splitlines()
+    except OSError:
+        lines = ["0::/"]
+    for line in lines:
+        _, controllers, path = (line.split(":", 2) + ["", ""])[:3]
+        if controllers == "":  # v2 (unified)
+            mount = CGROUP_ROOT if (CGROUP_ROOT / "cgroup.controllers").exists() else CGROUP_ROOT / "unified"
+            for folder in _cgroup_dirs(mount, path):
+                limit = (folder / "memory.max").read_text().strip() if (folder / "memory.max").is_file() else "max"
+                used = _read_int(folder / "memory.current")
+                if limit != "max" and used is not None:
+                    free.append(int(limit) - used + _stat_value(folder / "memory.stat", "inactive_file"))
+        elif "memory" in controllers.split(","):  # v1
+            for folder in _cgroup_dirs(CGROUP_ROOT / "memory", path):
+                limit, used = _read_int(folder / "memory.limit_in_bytes"), _read_int(folder / "memory.usage_in_bytes")
+                if limit is not None and used is not None and limit < _UNLIMITED_V1:
+                    free.append(limit - used + _stat_value(folder / "memory.stat", "total_inactive_file"))
+    return free
+
+
+def _address_space_free() -> int | None:
+    """The address space left under `ulimit -v` (RLIMIT_AS): the limit less this process's VmSize."""
+    if resource is None:
+        return None
+    limit = resource.getrlimit(resource.RLIMIT_AS)[0]
+    if limit == resource.RLIM_INFINITY:
+        return None
+    size = 0
+    try:
+        for line in (PROC_SELF / "status").read_text().splitlines():
+            if line.startswith("VmSize:"):
+                size = int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return limit - size
+
+
 def _cpu_available() -> int | None:
     available = None
     try:
@@ -39,15 +121,9 @@ def _cpu_available() -> int | None:
         try:
             available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
         except (ValueError, OSError, AttributeError):
-            return None
-    try:  # a container's own limit (cgroup v2)
-        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
-        used = int(Path("/sys/fs/cgroup/memory.current").read_text())
-        if limit != "max":
-            available = min(available, int(limit) - used)
-    except (OSError, ValueError):
-        pass
-    return available
+            pass
+    limits = [n for n in (available, _address_space_free(), *_cgroup_free()) if n is not None]
+    return max(0, min(limits)) if limits else None
 
 
 def available_bytes(device) -> int | None:
@@ -118,6 +194,28 @@ def _data_sizes(task, train_cfg) -> tuple[int, int]:
         total = task.p * task.p
         return max(1, int(task.frac_train * total)), total
     return 1, 1
+
+
+def ablation_bytes(cfg, questions: int, variants: int) -> int:
+    """Ablating on `questions` questions, `variants` ablations per forward pass: the questions'
+    tokens, the reference activations cached over them, and one forward over `variants` copies of
+    them with the logits at every position."""
+    return questions * cfg.n_ctx * 8 * (1 + variants) + forward_bytes(cfg, questions * variants, cfg.n_ctx,
+                                                                      training=False)
+
+
+def attention_bytes(cfg, rows: int) -> int:
+    """Every layer's attention pattern over `rows` sequences (cached, then stacked), and the forward."""
+    return 2 * rows * cfg.n_layers * cfg.n_heads * cfg.n_ctx * cfg.n_ctx * FLOAT + forward_bytes(
+        cfg, rows, cfg.n_ctx, training=False)
+
+
+def progress_bytes(cfg, p: int) -> int:
+    """Progress measures of a mod-p run (grokmath.analysis.progress), per checkpoint: a forward over
+    all p*p pairs, their logits in float64 split three ways (const, key, rest) plus one more, and the
+    MLP neurons over all pairs with their 2-D Fourier transform (float64)."""
+    pairs = p * p
+    return forward_bytes(cfg, pairs, cfg.n_ctx, training=False) + 4 * pairs * p * 8 + 2 * pairs * cfg.d_mlp * 8
 
 
 def check_training_fits(model_cfg, task, train_cfg, device, n_models: int = 1) -> None:

@@ -19,6 +19,8 @@ run with a TrainingInterrupted saying what was kept.
 """
 from __future__ import annotations
 
+import errno
+import os
 import shlex
 import signal
 import sys
@@ -28,10 +30,10 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from .checkpoint import (RunDir, abandon_runs, atomic_write_json, check_run_name, load_run, prepare_runs,
-                         run_config, unlock_runs)
+from .checkpoint import RunDir, abandon_runs, check_run_name, load_run, prepare_runs, run_config, unlock_runs
 from .config import ModelConfig, TrainConfig
 from .errors import SignalOutsideLoop, TrainingInterrupted
+from .files import WriteFailed
 from .insert import inserter_from_run
 from .memory import check_training_fits
 from .model import Transformer
@@ -44,26 +46,47 @@ def _signal_name(signum: int) -> str:
     return signal.Signals(signum).name
 
 
-def _train_new_runs(runs: list[RunDir], body):
-    """body() trains the freshly prepared runs; on any failure a run without a resumable state is
-    undone (abandon_runs), and a signal that came outside the loop says what was kept."""
+def _train_new_runs(run_dirs, configs: list[dict], overwrite: bool, body):
+    """Make the run folders (prepare_runs) and train them with body(), in one try: on any failure,
+    even a signal the moment the folders are made, a run without a resumable state is undone
+    (abandon_runs puts back a run it was replacing), and a signal outside the loop says what was kept."""
+    runs = [RunDir(d) for d in run_dirs]
     try:
+        prepare_runs(runs, configs, overwrite)
         result = body()
     except BaseException as e:
-        replacing = any(run.being_replaced() for run in runs)
-        kept = abandon_runs(runs)
+        abandon_runs(runs)  # (prepare_runs may have done it already: then this finds nothing to do)
+        kept = all(run.written for run in runs) and not any(run.undone for run in runs)
+        back = " (the run it was replacing is back in place)" if any(r.moved_aside and r.undone for r in runs) else ""
         if isinstance(e, SignalOutsideLoop):
             name = _signal_name(e.signum)
             if not kept:
-                back = " (the run it was replacing is back in place)" if replacing else ""
                 raise TrainingInterrupted(f"stopped by {name} before the run's first checkpoint, so nothing of it was "
                                           f"kept{back}: run the same command again", e.signum) from None
             raise TrainingInterrupted(f"stopped by {name} after the run's last checkpoint, before its summary and "
                                       f"plots: draw the plots with {_command('plot_run.py', runs[0].path)}",
                                       e.signum) from None
+        if isinstance(e, WriteFailed):
+            if not kept:
+                raise WriteFailed(f"{e}; nothing of the new run was kept{back}: {_fix(e)}, then run the same "
+                                  "command again") from None
+            raise _write_failed_but_resumable(e, runs) from None
         raise
     unlock_runs(runs)
     return result
+
+
+def _write_failed_but_resumable(e: WriteFailed, runs: list[RunDir]) -> WriteFailed:
+    """A full disk (or any failed write) after a run's first state: every file is written whole or
+    not at all, so its checkpoints up to the newest one every run has are intact."""
+    step = max(set.intersection(*(set(run.state_steps()) for run in runs)), default=0)
+    resume = shlex.join(["python", sys.argv[0], "--resume", str(runs[0].path)])
+    return WriteFailed(f"{e}; the run is intact up to its checkpoint at step {step} and stays resumable: "
+                       f"{_fix(e)}, then resume with: {resume}")
+
+
+def _fix(e: OSError) -> str:
+    return "free some space" if e.errno in (errno.ENOSPC, errno.EDQUOT) else "make the folder writable (or free some space)"
 
 
 def _command(script: str, run_dir) -> str:
@@ -122,8 +145,7 @@ def start_run(model_cfg: ModelConfig, task, train_cfg: TrainConfig, run_dir, ove
         inserter.start()
         config["insert"] = inserter.describe()
         after_step = inserter.after_step if inserter.mode >= 2 else None
-    runs = prepare_runs([run_dir], [config], overwrite)
-    result = _plots_at_stop([run_dir], plots, lambda: _train_new_runs(runs, lambda: train(
+    result = _plots_at_stop([run_dir], plots, lambda: _train_new_runs([run_dir], [config], overwrite, lambda: train(
         model, task, train_cfg, run_dir, device, progress=progress, after_step=after_step, step_path=step_path)))
     if plots:
         _plot_runs([run_dir])
@@ -147,8 +169,7 @@ def start_seed_runs(model_cfg: ModelConfig, task, train_cfg: TrainConfig, seeds:
     check_training_fits(model_cfg, task, train_cfg, device, n_models=len(seeds))
     probe_batch(task, train_cfg)
     configs = [run_config(replace(model_cfg, seed=s), task, replace(train_cfg, seed=s)) for s in seeds]
-    runs = prepare_runs(run_dirs, configs, overwrite)
-    results = _plots_at_stop(run_dirs, plots, lambda: _train_new_runs(runs, lambda: train_seeds(
+    results = _plots_at_stop(run_dirs, plots, lambda: _train_new_runs(run_dirs, configs, overwrite, lambda: train_seeds(
         model_cfg, task, train_cfg, seeds, run_dirs, device, progress=progress, step_path=step_path)))
     if plots:
         _plot_runs(run_dirs)
@@ -189,11 +210,11 @@ def group_of(run_dir) -> list[Path]:
     members = run.read_group()
     if members is None:
         return [run.path]
-    if run.path.resolve() not in [m.resolve() for m in members]:
+    if os.path.realpath(run.path) not in [os.path.realpath(m) for m in members]:
         raise ValueError(f"{run.path / 'group.json'} does not list {run.path.name}: it was copied from another "
                          "run; delete it to resume this run alone")
-    for member in members:
-        if not RunDir(member).is_run():
+    for member in members:  # (one partway through a move aside is recovered by resume_runs under its lock)
+        if not (RunDir(member).is_run() or RunDir(member).needs_recovery()):
             raise ValueError(f"{run.path} was trained stacked with {', '.join(m.name for m in members)} (its "
                              f"group.json), but {member} is missing or not a run folder: restore it to resume the "
                              "group, or delete group.json in each remaining folder to resume them one at a time")
@@ -211,7 +232,7 @@ def resume_runs(run_dir, device=None, steps: int | None = None, progress: bool =
     to a larger `steps`; returns one result per run, in the group's order."""
     device = resolve_device(device)
     first_run = RunDir(run_dir)
-    if not (first_run.is_run() or first_run.being_replaced()):
+    if not (first_run.is_run() or first_run.needs_recovery()):  # (a move aside left half done: recovered below)
         first_run.check_is_run()  # says what is wrong: missing, or not a run folder
     locked = [first_run]
     try:
@@ -225,6 +246,8 @@ def resume_runs(run_dir, device=None, steps: int | None = None, progress: bool =
             run.recover()
             run.check_checkpoint_files()
         return _resume_locked(run_dir, members, device, steps, progress, plots, warn, step_path)
+    except WriteFailed as e:
+        raise _write_failed_but_resumable(e, locked[1:] or locked) from None
     except SignalOutsideLoop as e:
         raise TrainingInterrupted(f"stopped by {_signal_name(e.signum)}; its checkpoints are as they were or newer",
                                   e.signum, Path(run_dir)) from None
@@ -243,16 +266,18 @@ def _resume_locked(run_dir, members: list[Path], device, steps, progress, plots,
     train_cfg = first.train_cfg
     check_training_fits(first.model_cfg, first.task, train_cfg, device, n_models=len(members))
     done = max(set.intersection(*(set(RunDir(m).state_steps()) for m in members)), default=0)
+    for member in members:
+        metrics = RunDir(member).metrics_path
+        if done and not metrics.exists():  # (not "another configuration": it is simply gone)
+            raise ValueError(f"{metrics} is missing: resuming from step {done} needs its rows of steps 0..{done - 1}; "
+                             "restore it, or start the run again with --overwrite")
     if steps is not None and steps != train_cfg.steps:
         if steps < done:
             raise ValueError(f"--steps {steps} is fewer than the {done} steps already done: give a larger number")
         if train_cfg.schedule == "cosine":
             raise ValueError("a cosine-schedule run cannot be extended (its schedule depends on --steps): "
                              "start a new run with more --steps")
-        train_cfg = replace(train_cfg, steps=steps)
-        for run in loaded:
-            atomic_write_json(RunDir(run.path).config_path, dict(run.config, train=replace(
-                run.train_cfg, steps=steps).to_dict()))
+        train_cfg = replace(train_cfg, steps=steps)  # config.json says so once the state loads (RunDir.record_steps)
     elif done >= train_cfg.steps:
         raise ValueError(f"run {run_dir} already finished its {train_cfg.steps} steps: pass --steps N (more) "
                          "to train it further")
@@ -275,20 +300,31 @@ def _resume_locked(run_dir, members: list[Path], device, steps, progress, plots,
 
 
 def put_back_replaced(run_dir) -> None:
-    """If run_dir holds a replacement stopped before its first checkpoint, put back the run it was
-    replacing (as --resume does first), so the folder reads as that run again."""
-    run = RunDir(run_dir)
-    if run.path.is_dir() and run.being_replaced():
+    """If run_dir (or a run of its --seeds group) was left partway through a move aside, e.g. a
+    replacement stopped before its first checkpoint, put back the run it was replacing (as --resume
+    does first), so the folders read as those runs again."""
+    def recover(path):
+        run = RunDir(path)
+        if run.path.is_dir() and run.needs_recovery():
+            try:
+                run.lock()
+                run.recover()
+            finally:
+                run.unlock()
+
+    recover(run_dir)
+    if RunDir(run_dir).is_run():
         try:
-            run.lock()
-            run.recover()
-        finally:
-            run.unlock()
+            members = RunDir(run_dir).read_group() or []
+        except ValueError:  # a damaged group.json: group_of says so
+            members = []
+        for member in members:
+            recover(member)
 
 
 def resume_run(run_dir, device=None, steps: int | None = None, progress: bool = True, plots: bool = True,
                warn=print, step_path: str = "auto") -> TrainResult:
     """resume_runs, returning the result of run_dir itself (its group, if any, is resumed too)."""
-    members = [m.resolve() for m in group_of(run_dir)]
+    members = [os.path.realpath(m) for m in group_of(run_dir)]
     results = resume_runs(run_dir, device, steps, progress, plots, warn, step_path)
-    return results[members.index(Path(run_dir).resolve())]
+    return results[members.index(os.path.realpath(run_dir))]

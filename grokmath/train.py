@@ -389,6 +389,8 @@ def _run_loop(models, task, cfgs, run_dirs, device, resume, progress, warn, afte
                 log.load(run.read_metrics(), states[0]["step"])
 
         states = load_latest_states(runs, warn=warn, restore=restore)
+        for run, c in zip(runs, cfgs):  # the resume works: only now may config.json take --steps N
+            run.record_steps(c.steps)
         start, n_skipped = states[0]["step"], states[0]["n_skipped"]
         checked = start
 

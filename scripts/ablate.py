@@ -55,13 +55,14 @@ def main(argv=None):
         ([Path(f"{stem}_positions.png")] if args.per_position else [])
     refuse_existing(outputs, args.overwrite)
     cfg, task = run.model_cfg, run.task
-    generator = torch.Generator(device=device).manual_seed(args.seed)
-    batch = question_sampler(task).sample(args.questions, generator)
     nodes = ablation.standard_nodes(cfg)
     if args.neurons and not cfg.attn_only:
         nodes += [n for layer in range(cfg.n_layers) for n in ablation.neuron_nodes(cfg, layer)]
     if args.per_position:
         nodes += ablation.per_position(ablation.standard_nodes(cfg), range(task.n_ctx))
+    ablation.check_ablation_fits(cfg, args.questions, len(nodes), args.chunk_size, device)  # before drawing
+    generator = torch.Generator(device=device).manual_seed(args.seed)
+    batch = question_sampler(task).sample(args.questions, generator)
     table = ablation.ablate(run.model, batch, task, nodes, kind=args.kind, chunk_size=args.chunk_size,
                             generator=torch.Generator(device=device).manual_seed(args.seed + 1))
     atomic_write_text(outputs[0], table.to_csv(index=False))

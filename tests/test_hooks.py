@@ -285,13 +285,19 @@ def test_in_place_edit_at_every_hook_point_changes_this_forward_only(grad):
         grads = {k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None}
         return logits.detach(), grads
 
+    def edit(act):
+        # Not a pure rescale: LayerNorm would undo that at the hooks it reads (hook_q_input...).
+        act.mul_(0.5)
+        act.select(-1, 0).add_(0.5)
+        return act
+
     def in_place(act, hook):
-        act.mul_(0.5)  # and return None
+        edit(act)  # and return None
 
     assert set(model.hook_dict) == set(expected_shapes(EDIT_CFG))  # all 52 of them
     for name in model.hook_dict:
         edited, grads_edited = run(in_place)
-        returned, grads_returned = run(lambda act, hook: act * 0.5)
+        returned, grads_returned = run(lambda act, hook: edit(act.clone()))
         torch.testing.assert_close(edited, returned, msg=name)
         assert not torch.allclose(edited, plain), f"editing {name} changed nothing"
         assert grads_edited.keys() == grads_returned.keys(), name

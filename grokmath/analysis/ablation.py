@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import pandas as pd
 import torch
 
+from ..memory import ablation_bytes, check_fits
 from .common import answer_logits, model_device, run_variants, score
 
 KINDS = ("zero", "mean", "resample")
@@ -160,6 +161,14 @@ def node_edit(node: Node, value: torch.Tensor):
 
 
 # ---- ablation --------------------------------------------------------------------------------
+
+def check_ablation_fits(cfg, questions: int, n_nodes: int, chunk_size: int, device) -> None:
+    """Refuse, before the questions are drawn, an ablation that cannot fit in memory (ablate.py's
+    --questions and --chunk-size): ablate() runs min(chunk_size, n_nodes) ablations per forward pass."""
+    check_fits(ablation_bytes(cfg, questions, min(chunk_size, n_nodes)), device,
+               f"ablating on {questions} questions, {min(chunk_size, n_nodes)} ablations per forward pass",
+               "lower --questions or --chunk-size")
+
 
 @torch.no_grad()
 def ablate(model, batch, task, nodes: list[Node] | None = None, kind: str = "zero",

@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 
 from grokmath.losses import loss_fn
+from grokmath.memory import attention_bytes, check_fits
 
 from .common import model_device
 
@@ -22,6 +23,8 @@ from .common import model_device
 def attention_patterns(model, tokens: torch.Tensor) -> torch.Tensor:
     """Every layer's attention pattern: [layer, batch, head, query, key]."""
     names = [f"blocks.{layer}.attn.hook_pattern" for layer in range(model.cfg.n_layers)]
+    check_fits(attention_bytes(model.cfg, tokens.shape[0]), model_device(model),
+               f"the attention patterns of {tokens.shape[0]} sequences", "give fewer sequences")
     _, cache = model.run_with_cache(tokens.to(model_device(model)), names_filter=names)
     return torch.stack([cache[name] for name in names])
 

@@ -41,6 +41,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..checkpoint import atomic_write_json, atomic_write_text, load_run
+from ..memory import check_fits, progress_bytes
 from ..plots import save_figure  # sets matplotlib's Agg backend before pyplot loads
 import matplotlib.pyplot as plt  # noqa: E402,I001
 from ..train import TrainData
@@ -262,6 +263,8 @@ def progress_measures(run_dir, key_freqs=None, every: int = 1, progress: bool = 
     if not steps:
         raise ValueError(f"{run_dir} has no model checkpoints: train it first")
     steps = sorted(set(steps[::every]) | {steps[-1]})
+    check_fits(progress_bytes(run.model_cfg, run.task.p), "cpu", f"the progress measures of a p={run.task.p} run "
+               f"(all {run.task.p ** 2} pairs at once)", "run them on a machine with more memory")
     if key_freqs is None:
         key_freqs = key_frequencies(run.load_model(steps[-1]), run.task)
     top = (run.task.p - 1) // 2
