@@ -240,3 +240,17 @@ def test_a_notebook_name_asked_of_batch_meta_points_to_the_notebook_layout():
             carry = int(x[col] + y[col] + carry >= 10)
         assert notebook.use_sum9s[row].tolist() == use_sum9
     assert torch.equal(notebook.use_sum9s, batch.meta["use_sum9"].flip(1).long())
+
+
+def test_compare_runs_and_train_sae_also_say_which_run_and_step(stopped_run, tmp_path, capsys):
+    run, _ = stopped_run
+    code, out, err = guarded(capsys, "compare_runs", [str(run), "--out", str(tmp_path / "cmp.png"), "--window", "5"])
+    assert code == 0, err
+    assert out.splitlines()[0].startswith(f"run {run} trained to step {STOP_AT} of 30 (stopped at step {STOP_AT}")
+    sae = tmp_path / "sae_run"
+    import shutil
+    shutil.copytree(run, sae)
+    code, out, err = guarded(capsys, "train_sae", [str(sae), "--d-sae", "8", "--n-batches", "1", "--eval-batches", "1",
+                                                   "--epochs", "1", "--batch-size", "8", "--no-progress"])
+    assert code == 0, err
+    assert out.splitlines()[0].startswith(f"run {sae} at step {STOP_AT} of 30 (stopped at step {STOP_AT}")
