@@ -4,7 +4,8 @@ A run folder `runs/<run-name>/` holds
 - `config.json`: {"model": ModelConfig dict, "task": {"name": ..., **options}, "train": TrainConfig dict}
   (`run_config`), plus "insert" for a run started from a smaller one (grokmath.insert);
 - `metrics.csv`: one row per step (see grokmath.train), read with `pandas.read_csv` in one call;
-- `checkpoints/model_{step:06d}.pt`: the model's state dict at step 0 and every N steps and at the end;
+- `checkpoints/model_{step:06d}.pt`: the model's state dict at step 0, every N steps, at the end and at
+  the step a signal stopped it (so `load_run` reads a stopped run at its stop);
 - `checkpoints/state_{step:06d}.pt`: everything needed to resume (model, optimizer, scheduler, data
   generator, RNG, metrics position); the newest two are kept, so a damaged newest one falls back;
 - PNG plots and `summary.json`;
@@ -672,15 +673,50 @@ class Run:
     metrics: pd.DataFrame
     model: torch.nn.Module | None
     step: int | None
-    steps: list[int] = field(default_factory=list)  # the steps with a model checkpoint
+    steps: list[int] = field(default_factory=list)  # the steps with a model (a model checkpoint or a resumable state)
 
     def load_model(self, step: int | None = None, device="cpu") -> torch.nn.Module:
         """A fresh model with the weights at `step` (default: the newest checkpoint)."""
         return _load_model(RunDir(self.path), self.model_cfg, step, device)[0]
 
+    @property
+    def steps_done(self) -> int:
+        """The newest step the run saved (a stopped run: the step it stopped at)."""
+        return max(self.steps, default=0)
+
+    @property
+    def finished(self) -> bool:
+        return self.steps_done >= self.train_cfg.steps
+
+    def describe(self, step: int | None = None) -> str:
+        """One line saying which run, which step (`step`, else the loaded model's) and whether the run
+        finished, e.g. 'run runs/addition_5d_s129000 at step 280 of 3000 (stopped at step 280; python
+        scripts/train_addition.py --resume runs/addition_5d_s129000 to continue)'."""
+        step = self.step if step is None else step
+        total, done = self.train_cfg.steps, self.steps_done
+        where = f"at step {step} of {total}" if step is not None else f"trained to step {done} of {total}"
+        try:
+            RunDir(self.path).check_not_in_use()
+        except RunInUse:
+            return f"run {self.path} {where} (still training: another process is writing it)"
+        if not self.finished:
+            script = f"scripts/train_{self.config['task']['name']}.py"
+            status = f"stopped at step {done}; python {script} --resume {self.path} to continue"
+        elif step is not None and step < done:
+            status = f"finished at step {done}; this is an earlier checkpoint"
+        else:
+            status = "finished"
+        return f"run {self.path} {where} ({status})"
+
+
+def _model_steps(run: RunDir) -> list[int]:
+    """The steps whose model can be loaded: each model checkpoint, and each resumable state (a run
+    stopped between checkpoints before grokmath saved a model at the stop has only the state there)."""
+    return sorted(set(run.model_steps()) | set(run.state_steps()))
+
 
 def _load_model(run: RunDir, model_cfg, step, device):
-    steps = run.model_steps()
+    steps = _model_steps(run)
     if not steps:
         raise ValueError(f"{run.path} has no model checkpoints (checkpoints/model_*.pt)")
     if step is None:
@@ -691,16 +727,20 @@ def _load_model(run: RunDir, model_cfg, step, device):
     check_fits(n_params(model_cfg) * 2 * FLOAT, "cpu", f"the model of {run.config_path}",
                "this config.json asks for a model larger than this machine holds")
     model = Transformer(model_cfg)
-    load_state_dict_checked(model, run.load_model_state(step), str(run.model_path(step)))
+    if run.model_path(step).exists():
+        load_state_dict_checked(model, run.load_model_state(step), str(run.model_path(step)))
+    else:  # only a resumable state at this step: its model
+        load_state_dict_checked(model, run.load_state(step)["model"], str(run.state_path(step)))
     return model.to(device).eval(), step
 
 
 def load_run(run_dir, step: int | None = None, device="cpu", load_model: bool = True) -> Run:
-    """Config, metrics, task and (unless load_model=False) the model at `step` (default newest)."""
+    """Config, metrics, task and (unless load_model=False) the model at `step` (default: the newest
+    step saved, which for a stopped run is the step it stopped at). `run.describe()` says which."""
     run = RunDir(run_dir)
     config = run.read_config()
     model_cfg, train_cfg, task = run.configs(config)
     model = None
     if load_model:
         model, step = _load_model(run, model_cfg, step, device)
-    return Run(run.path, config, model_cfg, train_cfg, task, run.read_metrics(), model, step, run.model_steps())
+    return Run(run.path, config, model_cfg, train_cfg, task, run.read_metrics(), model, step, _model_steps(run))

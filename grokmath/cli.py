@@ -35,7 +35,13 @@ EXIT_USAGE = 2
 
 
 class ArgumentParser(argparse.ArgumentParser):
-    """argparse with its errors on one line (argparse prints the usage first by default)."""
+    """argparse with its errors on one line (argparse prints the usage first by default) and no
+    prefix matching: `--digit 5` is refused, not read as `--digits 5` (a typo must not pass as
+    another flag)."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
 
     def error(self, message):
         if message.endswith("expected one argument"):  # e.g. --lr -1e-3: argparse reads -1e-3 as a flag
@@ -270,6 +276,9 @@ def run_training(args, task_options: dict, data: str | None = None, n_train: int
         return
     task, model_cfg, train_cfg = training_configs(args, task_options, data, n_train)
     run_dir = run_dir_of(args, run_name or f"{task.name}_s{args.seed}")
+    if args.run_name is None and not args.overwrite:
+        check_default_name_free(run.seed_run_dirs(run_dir, args.seed, args.seeds) if args.seeds else [run_dir],
+                                {"model": model_cfg.to_dict(), "task": task.options(), "train": train_cfg.to_dict()})
     if insert is not None and (args.seeds or world > 1):
         raise ValueError("--insert-from trains one run in one process: leave out --seeds and torchrun")
     if args.seeds:
@@ -285,6 +294,27 @@ def run_training(args, task_options: dict, data: str | None = None, n_train: int
     for result in results:
         if result is not None:
             report(result)
+
+
+def check_default_name_free(run_dirs: list, fresh: dict) -> None:
+    """A run given no --run-name whose default folder holds a run with other settings (the README's
+    small run, then the main job) is refused in one line naming the settings that differ and saying
+    to choose a --run-name; a run with the same settings is left to the usual refusal (--overwrite
+    or --resume)."""
+    from .checkpoint import RunDir
+    for run_dir in run_dirs:
+        try:
+            saved = RunDir(run_dir).read_config() if RunDir(run_dir).is_run() else None
+        except ValueError:  # damaged or being replaced: prepare_runs says what is wrong
+            saved = None
+        if saved is None:
+            continue
+        differ = [f"{key} {shown(saved[section].get(key))}, here {shown(value)}"
+                  for section in ("model", "task", "train") for key, value in fresh[section].items()
+                  if key != "seed" and json.loads(json.dumps(value)) != json.loads(json.dumps(saved[section].get(key)))]
+        if differ:
+            raise ValueError(f"{run_dir} already holds a run with other settings ({'; '.join(differ)}): give this "
+                             "run its own folder with --run-name NAME (or --overwrite to replace that run)")
 
 
 def check_resume_flags(args, task_options: dict, data, n_train, run_name, insert) -> None:

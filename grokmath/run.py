@@ -93,6 +93,29 @@ def _command(script: str, run_dir) -> str:
     return shlex.join(["python", str(Path(sys.argv[0]).with_name(script)), str(run_dir)])
 
 
+def _plots_at_stop(run_dirs, plots: bool, body):
+    """body(), and when a signal stops the training loop, the plots of the steps so far (cheap,
+    and what a researcher looks at first); the stop's message says where they are, or the command
+    that draws them."""
+    try:
+        return body()
+    except TrainingInterrupted as e:
+        if isinstance(e, SignalOutsideLoop) or e.run_dir is None:
+            raise
+        command = _command("plot_run.py", run_dirs[0])
+        note = f"draw the plots with {command}"
+        if plots:
+            try:
+                for run_dir in run_dirs:
+                    plot_run(run_dir)
+                where = run_dirs[0] if len(run_dirs) == 1 else "each run folder"
+                note = f"the plots of the steps so far are in {where} (redraw: {command})"
+            except (SignalOutsideLoop, ValueError, OSError):  # a second signal, or no rows yet: say the command
+                pass
+        e.args = (f"{e}; {note}",)
+        raise
+
+
 def _plot_runs(run_dirs) -> None:
     for run_dir in run_dirs:
         try:
@@ -122,9 +145,8 @@ def start_run(model_cfg: ModelConfig, task, train_cfg: TrainConfig, run_dir, ove
         inserter.start()
         config["insert"] = inserter.describe()
         after_step = inserter.after_step if inserter.mode >= 2 else None
-    result = _train_new_runs([run_dir], [config], overwrite,
-                             lambda: train(model, task, train_cfg, run_dir, device, progress=progress,
-                                           after_step=after_step, step_path=step_path))
+    result = _plots_at_stop([run_dir], plots, lambda: _train_new_runs([run_dir], [config], overwrite, lambda: train(
+        model, task, train_cfg, run_dir, device, progress=progress, after_step=after_step, step_path=step_path)))
     if plots:
         _plot_runs([run_dir])
     return result
@@ -147,8 +169,8 @@ def start_seed_runs(model_cfg: ModelConfig, task, train_cfg: TrainConfig, seeds:
     check_training_fits(model_cfg, task, train_cfg, device, n_models=len(seeds))
     probe_batch(task, train_cfg)
     configs = [run_config(replace(model_cfg, seed=s), task, replace(train_cfg, seed=s)) for s in seeds]
-    results = _train_new_runs(run_dirs, configs, overwrite, lambda: train_seeds(model_cfg, task, train_cfg, seeds, run_dirs, device,
-                                                        progress=progress, step_path=step_path))
+    results = _plots_at_stop(run_dirs, plots, lambda: _train_new_runs(run_dirs, configs, overwrite, lambda: train_seeds(
+        model_cfg, task, train_cfg, seeds, run_dirs, device, progress=progress, step_path=step_path)))
     if plots:
         _plot_runs(run_dirs)
     return results
@@ -261,15 +283,17 @@ def _resume_locked(run_dir, members: list[Path], device, steps, progress, plots,
                          "to train it further")
     if len(members) > 1:
         seeds = [run.train_cfg.seed for run in loaded]
-        results = train_seeds(first.model_cfg, first.task, train_cfg, seeds, members, device, resume=True,
-                              progress=progress, warn=warn, step_path=step_path)
+        results = _plots_at_stop(members, plots, lambda: train_seeds(
+            first.model_cfg, first.task, train_cfg, seeds, members, device, resume=True, progress=progress,
+            warn=warn, step_path=step_path))
     else:
         model, after_step = Transformer(first.model_cfg).to(device), None
         insert = first.config.get("insert")
         if insert and insert["mode"] >= 2:  # keep restoring the inserted model's parts
             after_step = inserter_from_run(model, **insert).after_step
-        results = [train(model, first.task, train_cfg, members[0], device, resume=True, progress=progress,
-                         warn=warn, after_step=after_step, step_path=step_path)]
+        results = [_plots_at_stop(members, plots, lambda: train(
+            model, first.task, train_cfg, members[0], device, resume=True, progress=progress, warn=warn,
+            after_step=after_step, step_path=step_path))]
     if plots:
         _plot_runs(members)
     return results

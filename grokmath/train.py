@@ -22,9 +22,11 @@ Each run folder (grokmath.checkpoint) gets `metrics.csv` (flushed at every check
 checkpoints and resumable states; the folders are made beforehand (grokmath.run). `resume=True`
 continues from the newest state (for K models, the newest step every one of them has) and
 reproduces an uninterrupted run bit for bit on CPU; a newest state that does not load or fit is
-reported and the one before used. SIGINT/SIGTERM save a state and raise TrainingInterrupted (under
-torchrun every rank stops at the same step, agreed by an all-reduce each step; rank 0 saves); a
-non-finite loss raises NonFiniteLoss (or, with skip_nonfinite, for one model only, is skipped).
+reported and the one before used. SIGINT/SIGTERM save a state and the model at that step (so a
+stopped run is analysed where it stopped) and raise TrainingInterrupted (under torchrun every rank
+stops at the same step, agreed by an all-reduce each step; rank 0 saves); a non-finite loss raises
+NonFiniteLoss (or, with skip_nonfinite, for one model only, is skipped). With progress on, the loop
+first prints the run's header and its expected time (grokmath.announce), then opens its bar.
 
 On a GPU the same step runs as a captured CUDA graph (grokmath.capture: static input buffers, the
 schedule and the metrics row on the device, a self-check against this eager step before it is
@@ -37,7 +39,7 @@ from __future__ import annotations
 import signal
 import threading
 import time
-from contextlib import contextmanager, nullcontext
+from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -47,6 +49,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
+from .announce import StepTimer, run_header
 from .capture import CUDAGraphCapture, StaticStep, choose_step_path, eager_filter, static_filter
 from .checkpoint import RunDir, atomic_write_json, load_latest_states, load_state_dict_checked
 from .config import ModelConfig, TrainConfig
@@ -432,7 +435,7 @@ def _run_loop(models, task, cfgs, run_dirs, device, resume, progress, warn, afte
             log_rows([run.path for run in runs], columns, [log.host[checked:] for log in logs])
         checked = len(logs[0].host)
 
-    def save(step: int, model_checkpoint: bool = True) -> None:
+    def save(step: int) -> None:
         flush()
         if not writing:
             return
@@ -443,8 +446,7 @@ def _run_loop(models, task, cfgs, run_dirs, device, resume, progress, warn, afte
             for k, (run, log) in enumerate(zip(runs, logs)):
                 run.write_metrics(log.csv())  # rows for steps < step: written before the state that needs them
                 weights = models.model_state(k)
-                if model_checkpoint:
-                    run.save_model_state(step, weights)
+                run.save_model_state(step, weights)
                 run.save_state(step, {
                     "format": 1, "step": step, "n_skipped": n_skipped, "metrics_rows": len(log.host),
                     "model": weights, "optimizer": models.optimizer_state(optimizer, k),
@@ -454,14 +456,26 @@ def _run_loop(models, task, cfgs, run_dirs, device, resume, progress, warn, afte
                 })
 
     desc = task.name if K == 1 else f"{task.name} x{K}"
-    bar = tqdm(total=cfg.steps, initial=start, desc=desc, disable=not progress, dynamic_ncols=True)
-    with stop_on_signals(enabled=writing or world > 1) as stop, bar:
+    timer = None
+    if progress and rank == 0:  # what, where and how long, before the bar (which opens once the time is known)
+        n_params = sum(p.numel() for p in models.parameters()) // K
+        print(run_header(run_dirs, device, path, path_reason, start, cfg.steps, n_params), flush=True)
+        timer = StepTimer(start, cfg.steps, cfg.checkpoint_every, device)
+
+    def open_bar(at: int):
+        return tqdm(total=cfg.steps, initial=at, desc=desc, disable=not progress, dynamic_ncols=True)
+
+    with stop_on_signals(enabled=writing or world > 1) as stop, ExitStack() as closing:
+        bar = closing.enter_context(open_bar(start)) if timer is None else None
         for step in range(start, cfg.steps):
             if step % cfg.checkpoint_every == 0 and not (resume and step == start):
-                save(step)
+                if timer is None:
+                    save(step)
+                else:
+                    timer.timed_save(save, step)
             signum = agreed_signal(stop, world, device)
             if signum is not None:
-                save(step, model_checkpoint=False)
+                save(step)  # the model too: every analysis of the stopped run reads this step
                 name = signal.Signals(signum).name
                 saved = "a resumable checkpoint is saved" if K == 1 else \
                     f"resumable checkpoints of all {K} seeds are saved (resume any of them to resume all)"
@@ -497,10 +511,17 @@ def _run_loop(models, task, cfgs, run_dirs, device, resume, progress, warn, afte
                             torch.distributed.all_reduce(row)
                             row /= world
                         log.append(step, lr, row)
-            bar.update(1)
+            if bar is None:  # still timing the first steps
+                expected = timer.expected(step + 1)
+                if expected is not None:
+                    print(expected, flush=True)
+                    bar = closing.enter_context(open_bar(step + 1))
+            else:
+                bar.update(1)
             if (step + 1) % FLUSH_EVERY == 0:
                 flush()
-                bar.set_postfix(loss=f"{np.mean([log.host[-1, 2] for log in logs]):.4g}")
+                if bar is not None:
+                    bar.set_postfix(loss=f"{np.mean([log.host[-1, 2] for log in logs]):.4g}")
         save(cfg.steps)
     seconds = time.time() - started
     results = []

@@ -88,7 +88,7 @@ def text_of(nb) -> str:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
     parser.add_argument("--check", action="store_true", help="only check that every notebook matches its source")
     args = parser.parse_args(argv)
     stale = []

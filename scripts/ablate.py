@@ -49,6 +49,7 @@ def main(argv=None):
 
     device = resolve_device(args.device)
     run = load_run(args.run_dir, step=args.checkpoint, device=device)
+    print(run.describe(), flush=True)
     stem = run.path / "analysis" / f"ablation_{args.kind}_step{run.step:06d}"
     outputs = [stem.with_suffix(".csv"), Path(f"{stem}_heads.png")] + \
         ([Path(f"{stem}_positions.png")] if args.per_position else [])

@@ -41,6 +41,7 @@ def main(argv=None):
     from grokmath.checkpoint import load_run, refuse_existing
 
     run = load_run(args.run_dir, step=args.checkpoint)
+    print(run.describe(), flush=True)
     task = run.task
     if args.text:
         tokens = [task.encode([text])[0] for text in args.text]  # each its own length, drawn alone

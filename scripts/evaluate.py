@@ -23,8 +23,9 @@ def build_parser():
     parser = cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run_dir", metavar="RUN_DIR", help="a run folder made by scripts/train_addition.py or "
                         "train_arithmetic.py")
-    parser.add_argument("--questions", type=cli.positive_int, default=1_000_000,
-                        help="random questions to score (default: 1000000)")
+    parser.add_argument("--questions", type=cli.positive_int, default=None,
+                        help="random questions to score (default: 1000000 on a GPU; 100000 on a CPU, where a "
+                        "million takes 10 minutes or more)")
     parser.add_argument("--checkpoint", type=cli.nonneg_int, default=None, metavar="STEP",
                         help="checkpoint step (default: the newest)")
     parser.add_argument("--batch-size", type=cli.positive_int, default=None,
@@ -45,16 +46,21 @@ def build_parser():
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    from grokmath.analysis.evaluate import evaluate, format_report
+    from grokmath.analysis.evaluate import default_questions, evaluate, format_report
     from grokmath.checkpoint import atomic_write_json, load_run, refuse_existing
     from grokmath.train import resolve_device
 
     device = resolve_device(args.device)
     run = load_run(args.run_dir, step=args.checkpoint, device=device)
+    print(run.describe(), flush=True)
+    n_questions = args.questions or default_questions(device)
+    if args.questions is None:
+        print(f"{n_questions:,} questions, the default on a {device.type.upper()} (--questions N for more or "
+              "fewer; the bar shows the time left)", flush=True)
     enriched = "_enriched" if args.enrich else ""
-    path = run.path / "analysis" / f"evaluate_step{run.step:06d}_n{args.questions}_seed{args.seed}{enriched}.json"
+    path = run.path / "analysis" / f"evaluate_step{run.step:06d}_n{n_questions}_seed{args.seed}{enriched}.json"
     refuse_existing(path, args.overwrite)
-    report = evaluate(run.model, run.task, args.questions, batch_size=args.batch_size, seed=args.seed,
+    report = evaluate(run.model, run.task, n_questions, batch_size=args.batch_size, seed=args.seed,
                       device=device, max_failures=args.max_failures, progress=not args.no_progress,
                       enrich=args.enrich, step_path="eager" if args.no_capture else "auto")
     report.update(run_dir=str(run.path), step=run.step)

@@ -113,7 +113,8 @@ def hidden_cycles(graph: dict[str, set[str]], inner: dict[str, list]) -> list[li
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     allow_abbrev=False)
     parser.add_argument("--package", default="grokmath", help="the package folder under the repo root (default: grokmath)")
     parser.add_argument("--root", type=Path, default=ROOT, help="the repo root (default: this checkout)")
     parser.add_argument("--quiet", action="store_true", help="print only the circles and the imports inside functions")

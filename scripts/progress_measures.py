@@ -51,6 +51,9 @@ def main(argv=None):
     args = parser.parse_args(argv)
 
     from grokmath.analysis.progress import write_progress
+    from grokmath.checkpoint import load_run
+
+    print(load_run(args.run_dir, load_model=False).describe(), flush=True)
 
     result = write_progress(args.run_dir, every=args.every, key_freqs=args.key_freqs, progress=not args.no_progress,
                             train_threshold=args.train_threshold, test_threshold=args.test_threshold,

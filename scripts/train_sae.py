@@ -58,8 +58,11 @@ def main(argv=None):
 
     from grokmath.analysis.sae import SAEConfig
     from grokmath.analysis.sae_run import train_sae_on_run
+    from grokmath.checkpoint import load_run
     from grokmath.train import resolve_device
 
+    run = load_run(args.run_dir, load_model=False)
+    print(run.describe(run.steps_done if args.step is None else args.step), flush=True)
     grid = {name: getattr(args, name) for name in DEFAULTS}
     base = SAEConfig(**{name: values[0] for name, values in grid.items()}, epochs=args.epochs,
                      patience=args.patience, seed=args.seed)

@@ -424,7 +424,8 @@ def test_analysis_too_big_for_memory_is_refused(capsys, tmp_path, base_runs, mon
                  "needs about")
     import grokmath.memory
     monkeypatch.setattr(grokmath.memory, "_cpu_available", lambda: 10**9)  # a machine with 1 GB free
-    expect_error(capsys, "evaluate", [str(run), "--batch-size", "10000000", "--no-progress"],
+    expect_error(capsys, "evaluate",  # a million questions: the CPU's default is 100,000
+                 [str(run), "--questions", "1000000", "--batch-size", "10000000", "--no-progress"],
                  "evaluating 1000000 questions per forward pass needs about", "lower --batch-size")
     assert not (run / "analysis").exists() and not (run / "sae").exists()
 

@@ -4,6 +4,7 @@ with its title and the one setup cell, and matches its source in notebooks/src (
 
 The kernel imports this checkout's grokmath (PYTHONPATH) and inherits the tests' one CPU thread.
 """
+import ast
 import importlib.util
 import json
 import os
@@ -20,6 +21,26 @@ nbclient = pytest.importorskip("nbclient")
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9]*.ipynb"))
 CELL_TIMEOUT = 300  # seconds for one cell; a whole notebook takes well under a minute
+# Run first in the kernel (not part of the notebook): records every path the kernel's own process
+# opens for writing, renames onto, makes or removes (Python's audit events), so the test judges what
+# the notebook wrote, not what anything else on the machine writes meanwhile into runs/.
+RECORD_WRITES = """
+import os as _os, sys as _sys
+_WRITTEN = set()
+def _record_write(event, args, _written=_WRITTEN, _os=_os):
+    if event == "open":
+        path, writing = args[0], isinstance(args[2], int) and args[2] & (_os.O_WRONLY | _os.O_RDWR | _os.O_CREAT)
+    elif event in ("os.rename", "os.replace", "os.link", "os.symlink"):
+        path, writing = args[1], True
+    elif event in ("os.mkdir", "os.remove", "os.rmdir", "shutil.rmtree", "os.truncate"):
+        path, writing = args[0], True
+    else:
+        return
+    if writing and isinstance(path, (str, bytes, _os.PathLike)):
+        _written.add(_os.path.abspath(_os.fsdecode(path)))
+_sys.addaudithook(_record_write)
+"""
+REPORT_WRITES = "print('WRITTEN', sorted(_WRITTEN))"
 sys.path.insert(0, str(ROOT / "notebooks"))
 import _build  # noqa: E402
 
@@ -76,9 +97,9 @@ def test_notebook_runs_top_to_bottom(path, tmp_path, monkeypatch):
     work = tmp_path / "cwd"
     work.mkdir()
     nb = nbformat.reads(path.read_text(), as_version=4)
+    nb.cells = [nbformat.v4.new_code_cell(RECORD_WRITES), *nb.cells, nbformat.v4.new_code_cell(REPORT_WRITES)]
     client = nbclient.NotebookClient(nb, timeout=CELL_TIMEOUT, kernel_name="python3",
                                      resources={"metadata": {"path": str(work)}})
-    before = {folder: sorted(folder.rglob("*")) for folder in (ROOT / "runs", ROOT / "notebooks")}
     started = time.perf_counter()
     client.execute()  # raises CellExecutionError, naming the cell, on any error
     seconds = time.perf_counter() - started
@@ -87,6 +108,35 @@ def test_notebook_runs_top_to_bottom(path, tmp_path, monkeypatch):
               if out.output_type == "error"]
     assert not errors
     assert list(work.iterdir()) == [], "the notebook wrote into its working folder instead of RUNS"
-    for folder, files in before.items():
-        assert sorted(folder.rglob("*")) == files, f"the notebook wrote into {folder} instead of RUNS"
-    assert (tmp_path / "runs").is_dir()
+    written = notebook_writes(nb)
+    assert any(Path(p).is_relative_to(tmp_path / "runs") for p in written)  # the recorder saw its runs
+    inside = [p for p in written if Path(p).is_relative_to(ROOT) or Path(p).is_relative_to(work)]
+    assert inside == [], f"the notebook wrote into the repository (or its working folder) instead of RUNS: {inside}"
+
+
+def notebook_writes(nb) -> list[str]:
+    """The paths the kernel recorded (RECORD_WRITES), from the last cell's output."""
+    text = "".join(out.get("text", "") for out in nb.cells[-1].outputs if out.output_type == "stream")
+    assert text.startswith("WRITTEN "), text
+    return ast.literal_eval(text[len("WRITTEN "):].strip())
+
+
+def test_the_write_recorder_sees_its_own_process_writes_only(tmp_path):
+    """What the notebook test relies on: RECORD_WRITES records the files its process writes, renames
+    onto and makes, and nothing another process writes into the same folder."""
+    (tmp_path / "read.txt").write_text("r")
+    script = RECORD_WRITES + f"""
+import os, pathlib, subprocess, sys
+root = pathlib.Path({str(tmp_path)!r})
+(root / "mine.txt").write_text("x")
+os.replace(root / "mine.txt", root / "moved.txt")
+os.mkdir(root / "folder")
+(root / "read.txt").read_text()
+subprocess.run([sys.executable, "-c", "open({str(tmp_path / 'other.txt')!r}, 'w').write('y')"], check=True)
+print(sorted(_WRITTEN))
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    written = set(ast.literal_eval(done.stdout.strip().splitlines()[-1]))
+    assert {str(tmp_path / n) for n in ("mine.txt", "moved.txt", "folder")} <= written
+    assert str(tmp_path / "other.txt") not in written and str(tmp_path / "read.txt") not in written

@@ -66,3 +66,28 @@ def test_the_training_table_states_the_seed_set_ups_of_experiments_py():
             assert float(found.group(1)) == float(values[key]), f"README says {key} {found.group(1)} for {name}"
             checked += 1
     assert checked >= 35
+
+
+def test_the_first_screen_installs_what_ci_installs_and_says_what_a_cpu_user_types():
+    """The README opens with three commands (install, main job, tests); .ci/run installs with that
+    same line and runs that test command; a CPU-only user is told the CPU wheel's index, a line of its
+    own, before the same install line."""
+    text = README.read_text()
+    first = re.search(r"```bash\n(.*?)```", text, re.S).group(1)
+    commands = [line.split("#")[0].strip() for line in first.splitlines() if line.strip()]
+    assert commands == ['pip install torch==2.13.0 -e ".[dev]"', "python scripts/train_addition.py --digits 5",
+                        "pytest"]
+    ci = [line.strip() for line in (README.parent / ".ci" / "run").read_text().splitlines()
+          if line.strip() and not line.startswith("#")]
+    assert ci[-2:] == ['pip install -q torch==2.13.0 -e ".[dev]"', "pytest"]
+    cpu = re.search(r"\*\*CPU only\*\*.*?```bash\n(.*?)```", text, re.S).group(1)
+    assert [line.strip() for line in cpu.splitlines() if line.strip()] == [
+        "pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu", commands[0]]
+    assert "CUDA build" in text[:text.index("## The main job")]
+
+
+def test_the_small_run_example_names_its_own_folder():
+    """The README's small run must not land in the main job's folder (addition_5d_s129000)."""
+    text = README.read_text()
+    small = re.search(r"`(python scripts/train_addition\.py --d-model 64 --steps 200[^`]*)`", text).group(1)
+    assert "--run-name" in small

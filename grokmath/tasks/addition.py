@@ -7,7 +7,9 @@ the answer digits, labelled A{n} (the leading carry digit) down to A0 (units).
 
 Metadata follows the 'addition interpretability' notebook (BaseAdd, MakeCarry1, Sum9, UseCarry1,
 UseSum9). Each per-digit tensor is [batch, n_digits] with column i = the 10^i place, so column i
-belongs to answer digit Ai (the notebook stores the most significant digit in column 0).
+belongs to answer digit Ai (the notebook stores the most significant digit in column 0). `batch.meta`
+is a PlaceMeta: a notebook name asked of it (`use_sum9s`, ...) is refused with a pointer to
+`task.notebook_layout(batch)`, which gives the notebooks' layout.
   base_add[i]        x_i + y_i (0..18), int64
   make_carry[i]      x_i + y_i + carry_in_i >= 10: the carry out of place i, cascades included
                      (the notebook's MakeCarry1 is computed on the digit sum with the carry in)
@@ -51,6 +53,25 @@ def chain_lengths(start: torch.Tensor, extend: torch.Tensor) -> torch.Tensor:
     return torch.where(last_start > last_break, place - last_start + 1, 0)
 
 
+class PlaceMeta(dict):
+    """An addition batch's `meta`: per-digit tensors UNITS FIRST (column i is the 10^i place) and
+    bool flags, where the seed notebooks hold int64 most significant digit first. A cell ported from
+    a notebook that asks for a notebook name (`use_sum9s`, `base_adds`, `carries`, ...) or any name
+    not here gets a KeyError that points to `task.notebook_layout(batch)`, the notebooks' layout;
+    printed, it says its order. (A notebook cell fed these tensors would run and read the wrong
+    digits: the order is the trap.)"""
+
+    def __missing__(self, key):
+        raise KeyError(f"{key!r}: batch.meta has {', '.join(self)}: per-digit [batch, n_digits] tensors UNITS FIRST "
+                       "(column i = the 10^i place), flags bool; for the seed notebooks' names and layout (most "
+                       "significant digit first, int64) use task.notebook_layout(batch)")
+
+    def __repr__(self) -> str:
+        shapes = ", ".join(f"{k}: {tuple(v.shape)} {str(v.dtype).removeprefix('torch.')}" for k, v in self.items())
+        return (f"PlaceMeta(units first, column i = the 10^i place; the notebooks' layout is "
+                f"task.notebook_layout(batch)) {{{shapes}}}")
+
+
 def add_digits(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Column addition of place-order digits x, y [batch, n] (units first).
 
@@ -63,8 +84,8 @@ def add_digits(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict[str
     make_carry = chains > 0
     use_carry = torch.cat([torch.zeros_like(make_carry[:, :1]), make_carry[:, :-1]], dim=1)
     digits = torch.cat([(base_add + use_carry.long()) % 10, make_carry[:, -1:].long()], dim=1)
-    meta = dict(base_add=base_add, make_carry=make_carry, make_carry_base=make_carry_base,
-                sum9=sum9, use_carry=use_carry, use_sum9=sum9 & use_carry, cascade=chains.amax(dim=1))
+    meta = PlaceMeta(base_add=base_add, make_carry=make_carry, make_carry_base=make_carry_base,
+                     sum9=sum9, use_carry=use_carry, use_sum9=sum9 & use_carry, cascade=chains.amax(dim=1))
     return digits, meta
 
 

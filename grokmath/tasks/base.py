@@ -29,20 +29,20 @@ class Batch:
     def to(self, device) -> "Batch":
         mask = None if self.mask is None else self.mask.to(device)
         return replace(self, tokens=self.tokens.to(device), targets=self.targets.to(device),
-                       mask=mask, meta={k: v.to(device) for k, v in self.meta.items()})
+                       mask=mask, meta=type(self.meta)({k: v.to(device) for k, v in self.meta.items()}))
 
     def index(self, idx) -> "Batch":
         """Rows `idx` (a slice, index tensor or bool tensor) of every field."""
         mask = None if self.mask is None else self.mask[idx]
         return replace(self, tokens=self.tokens[idx], targets=self.targets[idx], mask=mask,
-                       meta={k: v[idx] for k, v in self.meta.items()})
+                       meta=type(self.meta)({k: v[idx] for k, v in self.meta.items()}))
 
     @staticmethod
     def cat(batches: list["Batch"]) -> "Batch":
         first = batches[0]
         mask = None if first.mask is None else torch.cat([b.mask for b in batches])
         return Batch(torch.cat([b.tokens for b in batches]), torch.cat([b.targets for b in batches]),
-                     mask, {k: torch.cat([b.meta[k] for b in batches]) for k in first.meta})
+                     mask, type(first.meta)({k: torch.cat([b.meta[k] for b in batches]) for k in first.meta}))
 
 
 class Task:
