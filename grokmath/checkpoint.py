@@ -593,6 +593,12 @@ class Run:
         """A fresh model with the weights at `step` (default: the newest checkpoint)."""
         return _load_model(RunDir(self.path), self.model_cfg, step, device)[0]
 
+    def split(self):
+        """(train, test) Batches this run trained and was tested on, rebuilt by the training loop's
+        own code: for a modular run the paper's split (`train, test = load_run(path).split()`)."""
+        from .train import data_split
+        return data_split(self.task, self.train_cfg)
+
 
 def _load_model(run: RunDir, model_cfg, step, device):
     steps = run.model_steps()

@@ -158,6 +158,14 @@ class TrainData:
         return self.task.draw(self.cfg.batch_size, self.gen)
 
 
+def data_split(task, cfg: TrainConfig):
+    """(train, test) Batches of a 'finite' or 'full' run, on the CPU: what its training loop used."""
+    if cfg.data == "infinite":
+        raise ValueError("this run drew fresh batches every step (infinite data): it has no fixed train/test split")
+    data = TrainData(task, cfg, torch.Generator().manual_seed(rank_seed(cfg.seed, 0)), "cpu", [])
+    return data.train, data.test
+
+
 def probe_batch(task, cfg: TrainConfig):
     """A few examples drawn with a throwaway generator, to learn the names of the task's cases."""
     probe_gen = torch.Generator().manual_seed(0)
