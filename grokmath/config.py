@@ -42,6 +42,9 @@ class ModelConfig:
     # x + attn(x) and its model adds x again, so each block outputs 2 * x + attn(x) (+ mlp_out).
     residual_doubled: bool = False
     seed: int = 0
+    # not a field (not saved, not compared): a model keeps its own cfg.device where its weights are,
+    # as TransformerLens's cfg.device
+    device = "cpu"
 
     def __post_init__(self):
         def fail(name, why, fix):
