@@ -9,9 +9,12 @@ setup(
     packages=find_packages(include=["grokmath", "grokmath.*"]),
     python_requires=">=3.10",
     # torch is pinned by the install command in the README (CPU build); any recent torch works.
-    install_requires=["torch>=2.1", "einops", "numpy", "matplotlib", "pandas", "tqdm"],
+    # safetensors: small, no dependencies of its own; SAE folders and model exports are written in it (README)
+    install_requires=["torch>=2.1", "einops", "numpy", "matplotlib", "pandas", "tqdm", "safetensors"],
     # optional: dev runs the tests, which execute the notebooks (nbclient, nbformat, ipykernel) and their
     # interactive figures (plotly); notebooks is for people who open them (README: Notebooks)
     extras_require={"dev": ["pytest", "nbformat", "nbclient", "ipykernel", "plotly"],
-                    "notebooks": ["plotly", "jupyterlab", "ipywidgets"]},
+                    "notebooks": ["plotly", "jupyterlab", "ipywidgets"],
+                    # optional interop, tested where installed (tests skip without them)
+                    "interop": ["transformer-lens>=4.3", "sae-lens>=6"]},
 )
