@@ -15,6 +15,7 @@ setup(
     # interactive figures (plotly); notebooks is for people who open them (README: Notebooks)
     extras_require={"dev": ["pytest", "nbformat", "nbclient", "ipykernel", "plotly"],
                     "notebooks": ["plotly", "jupyterlab", "ipywidgets"],
-                    # optional interop, tested where installed (tests skip without them)
-                    "interop": ["transformer-lens>=4.3", "sae-lens>=6"]},
+                    # optional interop, tested where installed (tests skip without them); separate
+                    # extras: sae-lens pins TransformerLens 3.x
+                    "tl4": ["transformer-lens>=4.3"], "saelens": ["sae-lens>=6"]},
 )
