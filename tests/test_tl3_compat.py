@@ -164,3 +164,28 @@ def test_tl_config_fields_grokmath_lacks_are_refused_in_one_line():
         with pytest.raises(ValueError, match=f"{field}={value}") as error:
             config_from_tlens({**tl, field: value})
         assert "\n" not in str(error.value)
+
+
+def test_padding_matches_a_real_hooked_transformer(model):
+    tl = pytest.importorskip("transformer_lens")
+    if not hasattr(tl, "HookedTransformerConfig") or not hasattr(tl, "HookedRootModule"):
+        pytest.skip("TransformerLens 4 has no HookedTransformer")
+    import warnings
+    from grokmath.interop import to_tlens_state_dict
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        hooked = tl.HookedTransformer(tl.HookedTransformerConfig(**to_tlens_config(model)))
+    hooked.load_state_dict(to_tlens_state_dict(model), strict=False)
+    mask = torch.tensor([[0, 0, 1, 1, 1, 1], [1, 1, 1, 1, 1, 1], [0, 1, 1, 1, 0, 0]])
+    theirs = hooked.input_to_embed(TOKENS, attention_mask=mask)
+    ours = model.input_to_embed(TOKENS, attention_mask=mask)
+    torch.testing.assert_close(ours[0], theirs[0])
+    assert ours[2] is None and theirs[2] is None and torch.equal(ours[3], theirs[3].long())
+    torch.testing.assert_close(model(TOKENS, attention_mask=mask), hooked(TOKENS, attention_mask=mask),
+                               rtol=1e-5, atol=1e-5)
+    kwargs = dict(attention_mask=mask, return_type="loss", loss_per_token=True)
+    torch.testing.assert_close(model(TOKENS, **kwargs), hooked(TOKENS, **kwargs), rtol=1e-5, atol=1e-5)
+    _, cache = hooked.run_with_cache(TOKENS, attention_mask=mask)
+    _, mine = model.run_with_cache(TOKENS, attention_mask=mask)
+    torch.testing.assert_close(mine["blocks.1.attn.hook_pattern"], cache["blocks.1.attn.hook_pattern"])
+    torch.testing.assert_close(mine["hook_pos_embed"], cache["hook_pos_embed"])
