@@ -49,6 +49,7 @@ from .files import (_UMASK, CheckpointError, UnsafeCheckpoint, _atomic_write, _i
 from .memory import FLOAT, check_fits, n_params
 from .model import Transformer
 from .tasks import make_task
+from .tasks.base import fixed_split
 
 CONFIG = "config.json"
 GROUP = "group.json"
@@ -596,8 +597,7 @@ class Run:
     def split(self):
         """(train, test) Batches this run trained and was tested on, rebuilt by the training loop's
         own code: for a modular run the paper's split (`train, test = load_run(path).split()`)."""
-        from .train import data_split
-        return data_split(self.task, self.train_cfg)
+        return fixed_split(self.task, self.train_cfg, torch.Generator().manual_seed(self.train_cfg.seed))
 
 
 def _load_model(run: RunDir, model_cfg, step, device):

@@ -55,7 +55,7 @@ from .losses import masked_mean, pred_log_probs, score_sums
 from .metrics import MetricsLog, metric_columns, metric_row, summarize
 from .multiseed import StackedModels
 from .schedule import lr_factor, make_optimizer  # noqa: F401 (lr_factor: the loop's schedule, re-exported)
-from .tasks.base import Batch
+from .tasks.base import Batch, fixed_split
 
 FLUSH_EVERY = 50  # steps between moves of the metrics from the device to the host
 
@@ -123,8 +123,7 @@ class TrainData:
         self.case_names = case_names
         self.train = self.test = self.train_cases = None
         if cfg.data != "infinite":
-            n_train = cfg.n_train if cfg.data == "finite" else None
-            train, test = task.split(n_train, gen, cfg.n_test) if cfg.n_test else task.split(n_train, gen)
+            train, test = fixed_split(task, cfg, gen)
             cases = self.stack_cases(train)
             self.train_cases = None if cases is None else cases.to(device)
             self.train, self.test = train.to(device), test.to(device)
@@ -156,14 +155,6 @@ class TrainData:
     def draw_next(self) -> tuple:
         """What next() would build its fresh batch from (task.draw; the same draws of the generator)."""
         return self.task.draw(self.cfg.batch_size, self.gen)
-
-
-def data_split(task, cfg: TrainConfig):
-    """(train, test) Batches of a 'finite' or 'full' run, on the CPU: what its training loop used."""
-    if cfg.data == "infinite":
-        raise ValueError("this run drew fresh batches every step (infinite data): it has no fixed train/test split")
-    data = TrainData(task, cfg, torch.Generator().manual_seed(rank_seed(cfg.seed, 0)), "cpu", [])
-    return data.train, data.test
 
 
 def probe_batch(task, cfg: TrainConfig):
