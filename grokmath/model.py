@@ -8,7 +8,10 @@ notebooks (`randn / sqrt(fan)`), drawn from a local generator seeded by `cfg.see
 
 `model(tokens)` returns logits at every position. `model(tokens, positions=pos)` returns them
 only at `pos`: the last layer then computes queries, MLP and unembedding only there, which is
-all that training on the answer positions needs (analysis leaves `positions` unset).
+all that training on the answer positions needs (analysis leaves `positions` unset); that
+training path alone projects Q, K, V in one matmul and uses the fused attention kernel. Every
+other call runs one explicit arithmetic whatever is hooked (TransformerLens's einsums), so
+`forward`, `run_with_cache` and the split-input switches give identical numbers.
 
 As in TransformerLens, four switches add hook points that cost memory and are off by default:
 `set_use_attn_result` (each head's output, attn.hook_result), `set_use_attn_in` and
@@ -110,7 +113,7 @@ class Attention(nn.Module):
             self.b_V = nn.Parameter(torch.zeros(h, dh))
             self.b_O = nn.Parameter(torch.zeros(d))
         self.bias = cfg.attn_bias
-        self.fused = True  # scaled_dot_product_attention when nothing hooks the pattern (off under vmap)
+        self.fused = True  # the training path's scaled_dot_product_attention, when nothing hooks the pattern (off under vmap)
         self.use_attn_result = False  # model.set_use_attn_result
         for name in ("q", "k", "v", "attn_scores", "pattern", "z", "result"):
             setattr(self, f"hook_{name}", HookPoint())
