@@ -338,10 +338,12 @@ class RunDir:
                              "or retrain") from None
         fits = (model_cfg.d_vocab == task.d_vocab and model_cfg.d_vocab_out == task.d_vocab_out
                 and model_cfg.n_ctx >= task.n_ctx)
-        if not fits:
+        if not fits:  # one output fewer: a modular run from before the paper's layout (and split)
+            fix = ("it was made before the task took the paper's output layout and train/test split: retrain it"
+                   if model_cfg.d_vocab_out == task.d_vocab_out - 1 else "restore it")
             raise ValueError(f"{self.config_path}: its model (d_vocab {model_cfg.d_vocab}, d_vocab_out "
                              f"{model_cfg.d_vocab_out}, n_ctx {model_cfg.n_ctx}) does not fit its task (d_vocab "
-                             f"{task.d_vocab}, d_vocab_out {task.d_vocab_out}, n_ctx {task.n_ctx}): restore it")
+                             f"{task.d_vocab}, d_vocab_out {task.d_vocab_out}, n_ctx {task.n_ctx}): {fix}")
         return model_cfg, train_cfg, task
 
     # metrics ---------------------------------------------------------------------------
