@@ -2,6 +2,7 @@
 (re-typed here from its `gen_train_test`, with Python's global `random`), its output layout
 (d_vocab_out = p + 1, so `logits[:, -1, :-1]` and `W_U[:, :-1]` run as written), a loaded run's
 split in one call, and the two excluded losses (all key frequencies at once; one at a time)."""
+import json
 import math
 import random
 
@@ -63,6 +64,12 @@ def test_a_loaded_run_gives_its_split_in_one_call(tmp_path):
         logits = model(train.tokens)[:, -1].double()  # the paper's full_loss: all p + 1 logits
     loss = -logits.log_softmax(-1).gather(-1, train.targets).mean().item()
     assert loss == pytest.approx(run.metrics.set_index("step").loc[1, "train_loss"], rel=1e-5)
+    # a run from before the paper's layout (d_vocab_out p) trained on another split: refused, not misread
+    config = json.loads((tmp_path / "r" / "config.json").read_text())
+    config["model"]["d_vocab_out"] = 11
+    (tmp_path / "r" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="paper's output layout and train/test split: retrain it"):
+        load_run(tmp_path / "r")
 
 
 def _loss(logits, labels):

@@ -121,7 +121,7 @@ assert logits.shape == (p * p, p) and run.model.W_U[:, :-1].shape == (run.model.
 # On this small run the phases overlap: the restricted loss falls (the circuit forms) while the
 # train loss is still settling, so the rule's memorisation phase (until the train loss is under
 # 0.01) holds most of the circuit formation, and clean-up ends when the test loss passes under
-# 0.01, before the last checkpoint. The excluded loss at least doubles from its low point, the Gini
+# 0.01, before the last checkpoint. The excluded loss rises by over 80% from its low point, the Gini
 # coefficient of W_E's Fourier norms rises and the weights shrink. Removing any one key frequency
 # costs the trained model little (the others still carry the answer): each one-at-a-time excluded
 # loss stays under half of the all-at-once one.
@@ -138,7 +138,7 @@ if RUN is None:
     fitted = table[table.step >= fit]
     assert phases["cleanup_end"] is not None and phases["cleanup_end"] < last.step, phases
     assert last.restricted_loss < 0.01 * first.restricted_loss
-    assert last.excluded_loss > 2 * fitted.excluded_loss.min()
+    assert last.excluded_loss > 1.8 * fitted.excluded_loss.min()
     assert last.gini_W_E > first.gini_W_E + 0.2 and last.sum_sq_weights < 0.7 * table.sum_sq_weights.max()
     assert max(last[c] for c in one_at_a_time) < 0.5 * last.excluded_loss
 display(Image(filename=plot_progress(table, phases, key_freqs, RUNS / "progress_measures.png"), width=720))
