@@ -173,7 +173,8 @@ display(Image(filename=plot_fourier(run.model, run.task, key_freqs, RUNS / "four
 # fewer); p = 53 on a CPU, 13,330 without and 29,800 with it (2.2x more). So with weight decay the
 # filter gives at most a modest speed-up and can slow grokking down; the Grokfast paper's ~50x is
 # measured against a baseline without weight decay. (The README's runs used grokmath's earlier
-# train/test split; this small run uses the paper's.)
+# train/test split; this small run uses the paper's.) This small run agrees: with the filter the
+# test accuracy passes 99% later than without it, or not within the 500 epochs.
 
 # %%
 if RUN is None:
@@ -181,9 +182,12 @@ if RUN is None:
               progress=False)
     both = {"plain": metrics, "Grokfast EMA": load_run(RUNS / "modular_grokfast", load_model=False).metrics}
     curves = pd.concat({name: m.set_index("step").test_acc.dropna() for name, m in both.items()}, axis=1)
+    reached = {}
     for name in curves:
         above = curves.index[curves[name] >= 0.99]
-        print(f"{name}: test accuracy first >= 99% at epoch", int(above[0]) if len(above) else "never (in this run)")
+        reached[name] = int(above[0]) if len(above) else None
+        print(f"{name}: test accuracy first >= 99% at epoch", reached[name] or "never (in this run)")
+    assert reached["plain"] is not None and (reached["Grokfast EMA"] or 10**9) > reached["plain"]
     ax = curves.plot(figsize=(9, 4), title="Test accuracy, with and without Grokfast")
     ax.set_xlabel("epoch")
     if INTERACTIVE:
