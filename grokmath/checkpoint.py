@@ -53,6 +53,7 @@ from .files import (_UMASK, CheckpointError, UnsafeCheckpoint, _atomic_write, _i
 from .memory import FLOAT, check_fits, n_params
 from .model import Transformer
 from .tasks import make_task
+from .tasks.base import fixed_split
 
 CONFIG = "config.json"
 GROUP = "group.json"
@@ -402,10 +403,12 @@ class RunDir:
                              "or retrain") from None
         fits = (model_cfg.d_vocab == task.d_vocab and model_cfg.d_vocab_out == task.d_vocab_out
                 and model_cfg.n_ctx >= task.n_ctx)
-        if not fits:
+        if not fits:  # one output fewer: a modular run from before the paper's layout (and split)
+            fix = ("it was made before the task took the paper's output layout and train/test split: retrain it"
+                   if model_cfg.d_vocab_out == task.d_vocab_out - 1 else "restore it")
             raise ValueError(f"{self.config_path}: its model (d_vocab {model_cfg.d_vocab}, d_vocab_out "
                              f"{model_cfg.d_vocab_out}, n_ctx {model_cfg.n_ctx}) does not fit its task (d_vocab "
-                             f"{task.d_vocab}, d_vocab_out {task.d_vocab_out}, n_ctx {task.n_ctx}): restore it")
+                             f"{task.d_vocab}, d_vocab_out {task.d_vocab_out}, n_ctx {task.n_ctx}): {fix}")
         return model_cfg, train_cfg, task
 
     def record_steps(self, steps: int) -> None:
@@ -713,6 +716,10 @@ def _model_steps(run: RunDir) -> list[int]:
     """The steps whose model can be loaded: each model checkpoint, and each resumable state (a run
     stopped between checkpoints before grokmath saved a model at the stop has only the state there)."""
     return sorted(set(run.model_steps()) | set(run.state_steps()))
+    def split(self):
+        """(train, test) Batches this run trained and was tested on, rebuilt by the training loop's
+        own code: for a modular run the paper's split (`train, test = load_run(path).split()`)."""
+        return fixed_split(self.task, self.train_cfg, torch.Generator().manual_seed(self.train_cfg.seed))
 
 
 def _load_model(run: RunDir, model_cfg, step, device):

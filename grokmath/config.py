@@ -42,6 +42,9 @@ class ModelConfig:
     # x + attn(x) and its model adds x again, so each block outputs 2 * x + attn(x) (+ mlp_out).
     residual_doubled: bool = False
     seed: int = 0
+    # not a field (not saved, not compared): a model keeps its own cfg.device where its weights are,
+    # as TransformerLens's cfg.device
+    device = "cpu"
 
     def __post_init__(self):
         def fail(name, why, fix):
@@ -201,9 +204,20 @@ class TrainConfig:
         return from_dict(cls, d)
 
 
+SAE_ARCHITECTURES = ("standard", "topk", "jumprelu")  # SAELens's names
+
+
 @dataclass(frozen=True)
 class SAEConfig:
     d_sae: int = 64  # dictionary size (the notebook's encoding_dim)
+    # 'standard': ReLU, trained with the notebook's MSE + KL + L1; 'topk': the k largest
+    # pre-activations (ReLU'd), trained on MSE alone; 'jumprelu': ReLU where the pre-activation
+    # exceeds a learned per-feature threshold, trained with MSE + l0_weight * L0 (straight-through)
+    architecture: str = "standard"
+    k: int = 8  # 'topk': active features per row
+    l0_weight: float = 1e-3  # 'jumprelu': weight of the L0 penalty
+    jumprelu_init_threshold: float = 1e-3
+    jumprelu_bandwidth: float = 1e-3  # width of the straight-through estimator's window
     lr: float = 1e-3
     sparsity_target: float = 0.05  # the wished-for mean activation of each feature
     sparsity_weight: float = 1e-3  # weight of the KL sparsity penalty
@@ -219,15 +233,23 @@ class SAEConfig:
         def fail(name, fix):
             raise ValueError(f"SAE setting {name}={getattr(self, name)!r} is out of range: {fix}")
 
-        for name, low in (("d_sae", 1), ("epochs", 1), ("batch_size", 1), ("patience", 0), ("seed", 0)):
+        for name, low in (("d_sae", 1), ("epochs", 1), ("batch_size", 1), ("patience", 0), ("seed", 0), ("k", 1)):
             check_whole(name, getattr(self, name), low, what="SAE setting ")
+        if self.architecture not in SAE_ARCHITECTURES:
+            fail("architecture", f"use one of {', '.join(SAE_ARCHITECTURES)}")
+        if self.architecture == "topk" and self.k > self.d_sae:
+            fail("k", f"use k <= d_sae={self.d_sae}")
+        for name in ("jumprelu_init_threshold", "jumprelu_bandwidth"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+                fail(name, "use a number > 0")
         for name in ("lr", "max_grad_norm"):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
                 fail(name, "use a number > 0")
         if not (isinstance(self.sparsity_target, (int, float)) and 0 < self.sparsity_target < 1):
             fail("sparsity_target", "use a fraction between 0 and 1, e.g. 0.05")
-        for name in ("sparsity_weight", "l1_weight", "min_delta"):
+        for name in ("sparsity_weight", "l1_weight", "min_delta", "l0_weight"):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
                 fail(name, "use a number >= 0")

@@ -9,7 +9,9 @@ k = min(ldim, mdim, rdim) (its third element is also available as `.V` and, unde
 TransformerLens's old name, `.Vh`, which is V and not V transposed); indexing picks the leading
 dimensions, then the rows of A and the columns of B (an int there keeps its dimension, as in
 TransformerLens); `@` with a vector returns a tensor, with a matrix or a FactoredMatrix a
-FactoredMatrix.
+FactoredMatrix. Shape errors are `ShapeError`, both a ValueError and an AssertionError (TransformerLens
+asserts), so code catching either works; factors and operands may be TransformerLens's TensorLike
+duck types (ndim, shape, broadcast_to, @) where TransformerLens accepts them.
 """
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ from .utils import ShapeError
 class FactoredMatrix:
     def __init__(self, A: torch.Tensor, B: torch.Tensor):
         if A.ndim < 2 or B.ndim < 2 or A.shape[-1] != B.shape[-2]:
-            raise ValueError(f"FactoredMatrix needs A [..., ldim, mdim] and B [..., mdim, rdim]; "
+            raise ShapeError(f"FactoredMatrix needs A [..., ldim, mdim] and B [..., mdim, rdim]; "
                              f"got A {tuple(A.shape)} and B {tuple(B.shape)}")
         lead = torch.broadcast_shapes(A.shape[:-2], B.shape[:-2])
         self.ldim, self.mdim, self.rdim = A.shape[-2], A.shape[-1], B.shape[-1]
@@ -53,11 +55,11 @@ class FactoredMatrix:
     def __matmul__(self, other):
         if isinstance(other, FactoredMatrix):
             return (self @ other.A) @ other.B
-        other = torch.as_tensor(other)
+        other = _tensor_like(other)
         if other.ndim < 2:  # a vector: the result is a tensor [..., ldim]
             return (self.A @ (self.B @ other.unsqueeze(-1))).squeeze(-1)
         if other.shape[-2] != self.rdim:
-            raise ValueError(f"cannot multiply FactoredMatrix {tuple(self.shape)} by {tuple(other.shape)}")
+            raise ShapeError(f"cannot multiply FactoredMatrix {tuple(self.shape)} by {tuple(other.shape)}")
         # keep the narrower inner dimension, as TransformerLens does
         if self.rdim > self.mdim:
             return FactoredMatrix(self.A, self.B @ other)
@@ -66,9 +68,9 @@ class FactoredMatrix:
     def __rmatmul__(self, other):
         if isinstance(other, FactoredMatrix):
             return other.A @ (other.B @ self)
-        other = torch.as_tensor(other)
+        other = _tensor_like(other)
         if other.shape[-1] != self.ldim:
-            raise ValueError(f"cannot multiply {tuple(other.shape)} by FactoredMatrix {tuple(self.shape)}")
+            raise ShapeError(f"cannot multiply {tuple(other.shape)} by FactoredMatrix {tuple(self.shape)}")
         if other.ndim < 2:  # a vector: the result is a tensor [..., rdim]
             return ((other.unsqueeze(-2) @ self.A) @ self.B).squeeze(-2)
         if self.ldim > self.mdim:
@@ -77,7 +79,7 @@ class FactoredMatrix:
 
     def __mul__(self, scalar) -> "FactoredMatrix":
         if isinstance(scalar, torch.Tensor) and scalar.numel() != 1:
-            raise ValueError(f"FactoredMatrix * needs a scalar, got shape {tuple(scalar.shape)}: use @ for products")
+            raise ShapeError(f"FactoredMatrix * needs a scalar, got shape {tuple(scalar.shape)}: use @ for products")
         return FactoredMatrix(self.A * scalar, self.B)
 
     __rmul__ = __mul__
@@ -165,7 +167,7 @@ class FactoredMatrix:
             raise IndexError("a FactoredMatrix index may hold at most one Ellipsis (...)")
         used = sum(_dims_consumed(i) for i in idx)
         if used > self.ndim:
-            raise ValueError(f"{idx!r} is too long an index for a FactoredMatrix with shape {tuple(self.shape)}")
+            raise ShapeError(f"{idx!r} is too long an index for a FactoredMatrix with shape {tuple(self.shape)}")
         parts = []
         for i in idx:  # expand the Ellipsis into the full slices it stands for
             parts.extend([slice(None)] * (self.ndim - used) if i is Ellipsis else [_as_index(i)])
@@ -187,6 +189,13 @@ class FactoredMatrix:
 
     def __repr__(self):
         return f"FactoredMatrix(shape={tuple(self.shape)}, hidden dim={self.mdim})"
+
+
+def _tensor_like(x):
+    """x as it is when it behaves as a tensor (TransformerLens's TensorLike: ndim, shape, @), else a tensor."""
+    if isinstance(x, torch.Tensor) or (not isinstance(x, np.ndarray) and hasattr(x, "ndim") and hasattr(x, "__matmul__")):
+        return x
+    return torch.as_tensor(x)
 
 
 def _dims_consumed(i) -> int:

@@ -310,6 +310,17 @@ class HookedRootModule(nn.Module):
     def add_perma_hook(self, name, hook: Callable, dir: str = "fwd"):
         self.add_hook(name, hook, dir=dir, is_permanent=True)
 
+    def check_hooks_to_add(self, hook_point, hook_point_name: str, hook: Callable, dir: str = "fwd",
+                           is_permanent: bool = False, prepend: bool = False) -> None:
+        """TransformerLens's extension point: override to refuse hooks; it accepts all."""
+
+    def check_and_add_hook(self, hook_point, hook_point_name: str, hook: Callable, dir: str = "fwd",
+                           is_permanent: bool = False, level: int | None = None, prepend: bool = False) -> None:
+        """TransformerLens's: run check_hooks_to_add, then attach `hook` to `hook_point`."""
+        self.check_hooks_to_add(hook_point, hook_point_name, hook, dir=dir, is_permanent=is_permanent,
+                                prepend=prepend)
+        hook_point.add_hook(hook, dir=dir, is_permanent=is_permanent, level=level, prepend=prepend)
+
     def remove_all_hook_fns(self, direction: str = "both", including_permanent: bool = False, level: int | None = None):
         for hp in self.hook_dict.values():
             hp.remove_hooks(direction, including_permanent=including_permanent, level=level)

@@ -27,7 +27,7 @@ _HARMLESS = {"model_name", "device", "n_devices", "init_weights", "init_mode", "
              "default_prepend_bos", "tokenizer_name", "tokenizer_prepends_bos", "original_architecture",
              "checkpoint_index", "checkpoint_label_type", "checkpoint_value", "from_checkpoint",
              "use_attn_result", "use_split_qkv_input", "use_hook_mlp_in", "use_attn_in",
-             "use_hook_tokens", "n_params", "dtype"}
+             "use_hook_tokens", "n_key_value_heads", "n_params", "dtype"}
 _BUFFERS = ("attn.IGNORE", "attn.mask")
 _SWITCHES = ("use_attn_result", "use_split_qkv_input", "use_hook_mlp_in", "use_attn_in")
 
@@ -37,6 +37,13 @@ def _unsupported(field, value, why):
 
 
 def config_from_tlens(tl_config: dict) -> ModelConfig:
+    if tl_config.get("use_hook_tokens"):  # never ignored: a hook on hook_tokens would find no point
+        _unsupported("use_hook_tokens", True, "grokmath has no hook_tokens; hook blocks.0.hook_resid_pre or "
+                     "hook_embed, or edit the tokens before the call")
+    kv_heads = tl_config.get("n_key_value_heads")
+    if kv_heads is not None and kv_heads != tl_config.get("n_heads"):
+        _unsupported("n_key_value_heads", kv_heads, f"grouped-query attention (n_key_value_heads < n_heads="
+                     f"{tl_config.get('n_heads')}) is not supported: grokmath models have one key and value per head")
     unknown = sorted(set(tl_config) - _MAPPED - _HARMLESS)
     if unknown:
         _unsupported(unknown[0], tl_config[unknown[0]],

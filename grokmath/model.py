@@ -8,7 +8,10 @@ notebooks (`randn / sqrt(fan)`), drawn from a local generator seeded by `cfg.see
 
 `model(tokens)` returns logits at every position. `model(tokens, positions=pos)` returns them
 only at `pos`: the last layer then computes queries, MLP and unembedding only there, which is
-all that training on the answer positions needs (analysis leaves `positions` unset).
+all that training on the answer positions needs (analysis leaves `positions` unset); that
+training path alone projects Q, K, V in one matmul and uses the fused attention kernel. Every
+other call runs one explicit arithmetic whatever is hooked (TransformerLens's einsums), so
+`forward`, `run_with_cache` and the split-input switches give identical numbers.
 
 As in TransformerLens, four switches add hook points that cost memory and are off by default:
 `set_use_attn_result` (each head's output, attn.hook_result), `set_use_attn_in` and
@@ -20,6 +23,7 @@ refuses it in add_hook and silently skips it in run_with_hooks).
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from typing import NamedTuple
 
 import torch
@@ -65,10 +69,15 @@ class PosEmbed(nn.Module):
             W_pos[:, 1::2][:, : freq.numel()] = torch.sin(pos / freq)
             self.register_buffer("W_pos", W_pos / math.sqrt(cfg.d_model))
 
-    def forward(self, tokens):
+    def forward(self, tokens, attention_mask=None):
         # A view of W_pos: free when nothing is hooked; hook_pos_embed copies it for any hook.
         batch, n_pos = tokens.shape
-        return self.W_pos[:n_pos].expand(batch, n_pos, -1)  # [batch, pos, d_model]
+        if attention_mask is None:
+            return self.W_pos[:n_pos].expand(batch, n_pos, -1)  # [batch, pos, d_model]
+        # TransformerLens's padding: positions count attended tokens only (a left-padded prompt
+        # starts at position 0), and padding tokens get no positional embedding
+        position = (attention_mask.cumsum(dim=1) - 1).clamp_min(0)  # [batch, pos]
+        return torch.where(attention_mask[..., None].bool(), self.W_pos[position], 0.0)
 
 
 class LayerNorm(nn.Module):
@@ -104,7 +113,7 @@ class Attention(nn.Module):
             self.b_V = nn.Parameter(torch.zeros(h, dh))
             self.b_O = nn.Parameter(torch.zeros(d))
         self.bias = cfg.attn_bias
-        self.fused = True  # scaled_dot_product_attention when nothing hooks the pattern (off under vmap)
+        self.fused = True  # the training path's scaled_dot_product_attention, when nothing hooks the pattern (off under vmap)
         self.use_attn_result = False  # model.set_use_attn_result
         for name in ("q", "k", "v", "attn_scores", "pattern", "z", "result"):
             setattr(self, f"hook_{name}", HookPoint())
@@ -128,11 +137,17 @@ class Attention(nn.Module):
         out = torch.einsum("bphm,hmd->bphd", x, getattr(self, f"W_{which}"))
         return out + getattr(self, f"b_{which}") if self.bias else out
 
-    def forward(self, x, q_pos=None, key_input=None, value_input=None):
+    def forward(self, x, q_pos=None, key_input=None, value_input=None, fast=False, attention_mask=None):
         """x: [batch, pos, d_model], the input of queries, keys and values; or, with key_input and
         value_input given, the query input, each [batch, pos, head, d_model] (one per head).
-        q_pos: [n_q] positions whose output is needed (None: all)."""
-        if key_input is not None:
+        q_pos: [n_q] positions whose output is needed (None: all). attention_mask: [batch, pos], 0
+        at padding (keys there are not attended). fast: the training path (one matmul for Q, K, V
+        and the fused attention kernel); otherwise every call runs the same explicit arithmetic,
+        hooked or not, so caching and the split inputs change no number."""
+        if key_input is not None or not fast:
+            if key_input is None:  # the same per-head arithmetic as with separate inputs per head
+                key_input = value_input = x[:, :, None].expand(-1, -1, self.n_heads, -1)
+                x = key_input
             q_in = x if q_pos is None else x[:, q_pos]
             q = self._project_heads(q_in, "Q")
             k, v = self._project_heads(key_input, "K"), self._project_heads(value_input, "V")
@@ -146,10 +161,16 @@ class Attention(nn.Module):
         k_idx = torch.arange(n_k, device=k.device)
         q_idx = k_idx if q_pos is None else q_pos
         allowed = k_idx[None, :] <= q_idx[:, None]  # [query, key] causal mask
-        if not self.fused or self.hook_attn_scores.has_hooks() or self.hook_pattern.has_hooks():
+        if attention_mask is not None:  # and no key at padding: [batch, 1, query, key]
+            allowed = allowed & attention_mask.bool()[:, None, None, :]
+        fused = fast and self.fused and attention_mask is None
+        if not fused or self.hook_attn_scores.has_hooks() or self.hook_pattern.has_hooks():
             scores = torch.einsum("bqhd,bkhd->bhqk", q, k) / math.sqrt(self.d_head)
             scores = self.hook_attn_scores(scores.masked_fill(~allowed, float("-inf")))  # [batch, head, q, k]
-            pattern = self.hook_pattern(scores.softmax(dim=-1))
+            pattern = scores.softmax(dim=-1)
+            if attention_mask is not None:  # a query with no key to attend (padding) reads nothing
+                pattern = torch.nan_to_num(pattern, nan=0.0)
+            pattern = self.hook_pattern(pattern)
             z = torch.einsum("bhqk,bkhd->bqhd", pattern, v)
         else:  # the same arithmetic in one fused kernel
             z = F.scaled_dot_product_attention(
@@ -210,9 +231,9 @@ class Block(nn.Module):
             self.hook_mlp_in = HookPoint()  # [batch, pos, d_model]
             self.hook_mlp_out = HookPoint()
 
-    def forward(self, x, q_pos=None):
+    def forward(self, x, q_pos=None, fast=False, attention_mask=None):
         resid_pre = self.hook_resid_pre(x)  # [batch, pos, d_model]
-        attn_out = self.hook_attn_out(self._attend(resid_pre, q_pos))  # [batch, q, d_model]
+        attn_out = self.hook_attn_out(self._attend(resid_pre, q_pos, fast, attention_mask))  # [batch, q, d_model]
         resid = (resid_pre if q_pos is None else resid_pre[:, q_pos]) + attn_out
         if not self.attn_only:
             resid = self.hook_resid_mid(resid)
@@ -224,21 +245,21 @@ class Block(nn.Module):
         # notebook's own hook_resid_post held resid_post - resid_pre)
         return self.hook_resid_post(resid)
 
-    def _attend(self, resid_pre, q_pos):
+    def _attend(self, resid_pre, q_pos, fast=False, attention_mask=None):
         """ln1 and attention; with the per-head switches, each head reads its own copy of the input."""
         split = self.use_split_qkv_input or self.hook_q_input.requested() or self.hook_k_input.requested() \
             or self.hook_v_input.requested()
         per_head = self.use_attn_in or self.hook_attn_in.requested()
         if not (split or per_head):
-            return self.attn(self.ln1(resid_pre), q_pos)
+            return self.attn(self.ln1(resid_pre), q_pos, fast=fast, attention_mask=attention_mask)
         heads = resid_pre[:, :, None].expand(-1, -1, self.attn.n_heads, -1)  # [batch, pos, head, d_model]
         if per_head:
             heads = self.hook_attn_in(heads)
         if not split:
             normalized = self.ln1(heads)
-            return self.attn(normalized, q_pos, normalized, normalized)
+            return self.attn(normalized, q_pos, normalized, normalized, attention_mask=attention_mask)
         q_in, k_in, v_in = self.hook_q_input(heads), self.hook_k_input(heads), self.hook_v_input(heads)
-        return self.attn(self.ln1(q_in), q_pos, self.ln1(k_in), self.ln1(v_in))
+        return self.attn(self.ln1(q_in), q_pos, self.ln1(k_in), self.ln1(v_in), attention_mask=attention_mask)
 
 
 class Unembed(nn.Module):
@@ -260,7 +281,8 @@ class Unembed(nn.Module):
 class Transformer(TransformerWeights, HookedRootModule):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.cfg = cfg
+        self.cfg = replace(cfg)  # this model's own copy: its `device` follows the model (TransformerLens's cfg.device)
+        object.__setattr__(self.cfg, "device", "cpu")
         gen = torch.Generator().manual_seed(cfg.seed)
         self.embed = Embed(cfg, gen)
         self.hook_embed = HookPoint()  # [batch, pos, d_model]
@@ -274,42 +296,51 @@ class Transformer(TransformerWeights, HookedRootModule):
         self.setup_hooks()
 
     def forward(self, input: torch.Tensor, return_type: str | None = "logits", loss_per_token: bool = False,
-                stop_at_layer: int | None = None, start_at_layer: int | None = None,
-                positions: torch.Tensor | None = None, tokens: torch.Tensor | None = None):
+                prepend_bos=None, padding_side=None, start_at_layer: int | None = None,
+                tokens: torch.Tensor | None = None, shortformer_pos_embed=None,
+                attention_mask: torch.Tensor | None = None, stop_at_layer: int | None = None,
+                past_kv_cache=None, positions: torch.Tensor | None = None):
         """tokens [batch, pos] -> logits [batch, pos, d_vocab_out], or [batch, len(positions), ...].
 
-        return_type: 'logits', 'loss' (mean next-token loss; [batch, pos-1] with loss_per_token),
-        'both' (Output(logits, loss)) or None. stop_at_layer: return the residual stream before that
-        block (negative counts from the end). start_at_layer: `input` is the residual stream
-        [batch, pos, d_model] before that block (pass `tokens=` too for a loss).
+        TransformerLens 3.x's signature. return_type: 'logits', 'loss' (mean next-token loss;
+        [batch, pos-1] with loss_per_token), 'both' (Output(logits, loss)) or None. stop_at_layer:
+        return the residual stream before that block (negative counts from the end).
+        start_at_layer: `input` is the residual stream [batch, pos, d_model] before that block, e.g.
+        from `input_to_embed` (pass `tokens=` too for a loss, and its `attention_mask`).
+        attention_mask [batch, pos] (1 = token, 0 = padding): padding is not attended, positions
+        count real tokens only and the loss skips padding, as TransformerLens applies it.
+        prepend_bos / padding_side only concern strings, which a grokmath model (no tokenizer) refuses.
+        positions: grokmath's training path (logits only at those positions, fused attention).
         """
         if return_type not in RETURN_TYPES:
             raise ValueError(f"return_type={return_type!r}: use one of {RETURN_TYPES}")
+        if shortformer_pos_embed is not None or past_kv_cache is not None:
+            what = "shortformer_pos_embed" if shortformer_pos_embed is not None else "past_kv_cache"
+            raise ValueError(f"{what} is not supported by grokmath (standard positions, no key-value cache): leave it None")
         wants_loss = return_type in ("loss", "both") and stop_at_layer is None
         if wants_loss and self.cfg.d_vocab_out != self.cfg.d_vocab:
             raise ValueError(f"return_type={return_type!r} is the next-token loss, which needs d_vocab_out == d_vocab "
                              f"(here {self.cfg.d_vocab_out} != {self.cfg.d_vocab}): take the logits and score them "
                              "with the task's loss (grokmath.losses.loss_fn at task.pred_pos)")
-        if positions is not None and (stop_at_layer is not None or wants_loss):
+        if positions is not None and (stop_at_layer is not None or wants_loss or attention_mask is not None):
             raise ValueError("positions= selects which logits to compute: it does not combine with "
-                             "stop_at_layer or a next-token loss; leave it out")
+                             "stop_at_layer, attention_mask or a next-token loss; leave it out")
         if start_at_layer is None:
-            tokens = self._checked_tokens(input)
-            resid = self.hook_embed(self.embed(tokens))  # [batch, pos, d_model]
-            if self.cfg.positional != "none":
-                resid = resid + self.hook_pos_embed(self.pos_embed(tokens))
+            resid, tokens, _, attention_mask = self.input_to_embed(input, attention_mask=attention_mask)
         else:
             resid = self._checked_resid(input, start_at_layer)
             if wants_loss:
                 if tokens is None:
                     raise ValueError("a loss with start_at_layer needs the tokens: pass tokens=[batch, pos] ids")
                 tokens = self._checked_tokens(tokens)
-        if positions is not None:
+            attention_mask = self._checked_mask(attention_mask, resid.shape[:2])
+        fast = positions is not None
+        if fast:
             positions = torch.as_tensor(positions, device=resid.device)
         last = self.cfg.n_layers - 1
         blocks = list(enumerate(self.blocks))[start_at_layer:stop_at_layer]
         for layer, block in blocks:
-            resid = block(resid, positions if layer == last else None)
+            resid = block(resid, positions if layer == last else None, fast, attention_mask)
         if stop_at_layer is not None:
             return resid  # [batch, pos, d_model]
         if positions is not None and not blocks:
@@ -320,15 +351,48 @@ class Transformer(TransformerWeights, HookedRootModule):
         logits = self.unembed(resid)  # [batch, pos, d_vocab_out]
         if return_type == "logits":
             return logits
-        loss = self.loss_fn(logits, tokens, per_token=loss_per_token)
+        loss = self.loss_fn(logits, tokens, attention_mask, per_token=loss_per_token)
         return loss if return_type == "loss" else Output(logits, loss)
 
-    def loss_fn(self, logits: torch.Tensor, tokens: torch.Tensor, per_token: bool = False) -> torch.Tensor:
+    def input_to_embed(self, input, prepend_bos=None, padding_side=None, attention_mask=None,
+                       past_kv_cache=None):
+        """TransformerLens 3.x's first step: tokens [batch, pos] (or [pos]) -> (residual [batch, pos,
+        d_model], tokens [batch, pos], shortformer_pos_embed (None: standard positions),
+        attention_mask [batch, pos] or None), for `forward(residual, start_at_layer=0, ...)`."""
+        if isinstance(input, (str, list)) and (isinstance(input, str) or any(isinstance(x, str) for x in input)):
+            raise ValueError("a grokmath model has no tokenizer: pass token ids [batch, pos] (e.g. task.encode(texts))")
+        if past_kv_cache is not None:
+            raise ValueError("past_kv_cache is not supported by grokmath (no key-value cache): leave it None")
+        tokens = self._checked_tokens(input)
+        attention_mask = self._checked_mask(attention_mask, tokens.shape)
+        resid = self.hook_embed(self.embed(tokens))  # [batch, pos, d_model]
+        if self.cfg.positional != "none":
+            resid = resid + self.hook_pos_embed(self.pos_embed(tokens, attention_mask))
+        return resid, tokens, None, attention_mask
+
+    def _checked_mask(self, attention_mask, shape) -> torch.Tensor | None:
+        if attention_mask is None:
+            return None
+        mask = torch.as_tensor(attention_mask)
+        if tuple(mask.shape) != tuple(shape) or mask.is_floating_point() and not ((mask == 0) | (mask == 1)).all():
+            raise ValueError(f"attention_mask of shape {tuple(mask.shape)}: pass 1 (token) / 0 (padding) of the "
+                             f"tokens' shape {tuple(shape)}")
+        if self.cfg.positional == "sinusoidal":
+            raise ValueError("attention_mask needs learned positions (TransformerLens's 'standard'): this model's are sinusoidal")
+        return mask.to(self.W_E.device).long()
+
+    def loss_fn(self, logits: torch.Tensor, tokens: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                per_token: bool = False) -> torch.Tensor:
         """TransformerLens's next-token loss: -log p(tokens[:, t+1]) from logits[:, t], averaged over
-        batch and positions (per_token: [batch, pos-1])."""
+        batch and positions (per_token: [batch, pos-1]); with attention_mask, a position counts only
+        where it and the next token are real (elsewhere per_token gives 0), as TransformerLens."""
         log_probs = logits.log_softmax(dim=-1)[:, :-1]  # [batch, pos-1, d_vocab]
         nll = -log_probs.gather(-1, tokens[:, 1:, None].to(logits.device))[..., 0]  # [batch, pos-1]
-        return nll if per_token else nll.mean()
+        if attention_mask is None:
+            return nll if per_token else nll.mean()
+        counted = (attention_mask[:, :-1].bool() & attention_mask[:, 1:].bool()).to(logits.device)
+        nll = nll * counted
+        return nll if per_token else nll.sum() / counted.sum()
 
     def _checked_tokens(self, tokens) -> torch.Tensor:
         if not isinstance(tokens, torch.Tensor):
@@ -363,6 +427,12 @@ class Transformer(TransformerWeights, HookedRootModule):
         if resid.shape[1] > self.cfg.n_ctx:
             raise ValueError(f"residual stream of {resid.shape[1]} positions is longer than n_ctx={self.cfg.n_ctx}")
         return resid
+
+    def _apply(self, fn, *args, **kwargs):
+        # .to() / .cuda() / .cpu() end here: keep cfg.device where the weights are
+        out = super()._apply(fn, *args, **kwargs)
+        object.__setattr__(self.cfg, "device", str(self.embed.W_E.device))
+        return out
 
     # TransformerLens's switches for the optional hook points (all off by default)
     def set_use_attn_result(self, use_attn_result: bool):

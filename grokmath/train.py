@@ -58,7 +58,7 @@ from .losses import masked_mean, pred_log_probs, score_sums
 from .metrics import MetricsLog, metric_columns, metric_row, summarize
 from .multiseed import StackedModels
 from .schedule import lr_factor, make_optimizer  # noqa: F401 (lr_factor: the loop's schedule, re-exported)
-from .tasks.base import Batch
+from .tasks.base import Batch, fixed_split
 from .tracking import log_rows
 
 FLUSH_EVERY = 50  # steps between moves of the metrics from the device to the host
@@ -127,8 +127,7 @@ class TrainData:
         self.case_names = case_names
         self.train = self.test = self.train_cases = None
         if cfg.data != "infinite":
-            n_train = cfg.n_train if cfg.data == "finite" else None
-            train, test = task.split(n_train, gen, cfg.n_test) if cfg.n_test else task.split(n_train, gen)
+            train, test = fixed_split(task, cfg, gen)
             cases = self.stack_cases(train)
             self.train_cases = None if cases is None else cases.to(device)
             self.train, self.test = train.to(device), test.to(device)

@@ -1,6 +1,7 @@
 """Train a sparse autoencoder on a hooked activation of a trained run (the SAE seed notebook).
 
-Activations come from fixed batches of the run's task questions; the SAE, its config, a report
+Activations come from fixed batches of the run's task questions; the SAE (in SAELens's layout:
+cfg.json + sae_weights.safetensors, so `sae_lens.SAE.load_from_disk` reads it), its config, a report
 (report.json: per-epoch metrics, held-out metrics, the spliced-in check), epochs.csv, features.csv
 (what each feature fires on) and plots go to RUN_DIR/sae/<hook or --name>/. Give several values to
 any of --d-sae --lr --sparsity-target --sparsity-weight --l1-weight to grid-search them: the SAE
@@ -10,6 +11,7 @@ Example:
     python scripts/train_sae.py runs/arithmetic_6d_sub80add20_s372001 --hook blocks.0.mlp.hook_post
     python scripts/train_sae.py runs/addition_5d_s129000 --hook blocks.0.hook_resid_post \\
         --d-sae 64 128 --l1-weight 1e-4 1e-3 --sparsity-target 0.05 0.1 --name resid_grid
+    python scripts/train_sae.py runs/addition_5d_s129000 --architecture topk --k 8 --d-sae 128 --name topk
 """
 import argparse
 import sys
@@ -46,6 +48,13 @@ def main(argv=None):
         dest = flag[2:].replace("-", "_")
         parser.add_argument(flag, type=kind, nargs="+", default=DEFAULTS[dest],
                             help=f"{text}; several values grid-search (default: {DEFAULTS[dest][0]})")
+    parser.add_argument("--architecture", choices=("standard", "topk", "jumprelu"), default="standard",
+                        help="standard: ReLU with the notebook's KL + L1 penalties; topk: the --k largest features "
+                        "per row; jumprelu: ReLU above a learned threshold, with an L0 penalty (--l0-weight) "
+                        "(default: standard)")
+    parser.add_argument("--k", type=cli.positive_int, default=8, help="topk: active features per row (default: 8)")
+    parser.add_argument("--l0-weight", type=cli.nonneg_float, default=1e-3,
+                        help="jumprelu: weight of the L0 penalty (default: 0.001)")
     parser.add_argument("--epochs", type=cli.positive_int, default=10, help="most epochs (default: 10)")
     parser.add_argument("--patience", type=cli.nonneg_int, default=2,
                         help="epochs without a loss improvement before stopping (default: 2)")
@@ -65,7 +74,8 @@ def main(argv=None):
     print(run.describe(run.steps_done if args.step is None else args.step), flush=True)
     grid = {name: getattr(args, name) for name in DEFAULTS}
     base = SAEConfig(**{name: values[0] for name, values in grid.items()}, epochs=args.epochs,
-                     patience=args.patience, seed=args.seed)
+                     patience=args.patience, seed=args.seed, architecture=args.architecture, k=args.k,
+                     l0_weight=args.l0_weight)
     report = train_sae_on_run(args.run_dir, args.hook, grid={k: v for k, v in grid.items() if len(v) > 1}, base=base,
                               step=args.step, positions=args.positions, n_batches=args.n_batches,
                               eval_batches=args.eval_batches, batch_size=args.batch_size, seed=args.seed,

@@ -68,7 +68,7 @@ def test_model_projections(tmp_path):
     assert neurons.shape == (7, 7, model.cfg.d_mlp)
     logits, _ = fourier.logits_fourier(model, task)
     with torch.no_grad():
-        direct = model(task.all_pairs().tokens)[:, 2].reshape(7, 7, 7)
+        direct = model(task.all_pairs().tokens)[:, 2].reshape(7, 7, 8)  # d_vocab_out p + 1: the paper's '=' logit too
     torch.testing.assert_close(logits, fourier.fourier_2d(direct, basis))
     assert fourier.plot_norms(coefficients, names, tmp_path / "e.png").stat().st_size > 0
     assert fourier.plot_2d(neurons, names, tmp_path / "n.png").stat().st_size > 0

@@ -436,7 +436,7 @@ def test_induction_mask_marks_predictable_tokens(options):
 @pytest.mark.parametrize("op", ["add", "subtract", "x2xyy2", "rand"])
 def test_modular_split_covers_every_pair_once(op):
     task = make_task("modular", p=113, op=op)
-    assert (task.d_vocab, task.d_vocab_out, task.n_ctx, task.pred_pos.tolist()) == (114, 113, 3, [2])
+    assert (task.d_vocab, task.d_vocab_out, task.n_ctx, task.pred_pos.tolist()) == (114, 114, 3, [2])
     train, test = task.split(generator=gen(0))
     assert len(train) == int(0.3 * 113 ** 2) == 3830
     both = torch.cat([train.tokens, test.tokens])

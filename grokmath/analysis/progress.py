@@ -16,6 +16,10 @@ logit for c is a sum over k of cos(w_k (a + b - c)). The measures here follow th
   const + key (the paper's trig logits with its bias correction); excluded logits are
   logits - key = const + rest. So restricted + excluded = logits + const, exactly.
   The restricted loss is scored on all pairs and the excluded loss on the training pairs (the paper).
+  Two excluded losses, named: `excluded_loss` removes all key frequencies at once (the paper's
+  definition); `excluded_loss_k{k}` removes one at a time (ARENA's chapter and the paper code's
+  `calculate_excluded_loss`, one value per key frequency; `excluded_loss_per_frequency`).
+  Fourier measures read the p answer logits, the paper's `logits[:, -1, :-1]` (d_vocab_out is p + 1).
 - **Gini coefficients** of the norms of the Fourier components of W_E and of the neuron-logit map
   W_L = W_out @ W_U, the total sum of squared weights, and train/test loss and accuracy.
 - **Phases** (`detect_phases`), the paper's description turned into a rule: clean-up ends at the
@@ -44,7 +48,6 @@ from ..checkpoint import atomic_write_json, atomic_write_text, load_run
 from ..memory import check_fits, progress_bytes
 from ..plots import save_figure  # sets matplotlib's Agg backend before pyplot loads
 import matplotlib.pyplot as plt  # noqa: E402,I001
-from ..train import TrainData
 from .fourier import embedding_fourier, frequency_norms, modular_fourier_basis, neuron_fourier
 
 # ---- small numerical pieces -------------------------------------------------------------------
@@ -129,14 +132,16 @@ def _check_model(model, p: int) -> None:
     cfg = model.cfg
     if cfg.attn_only:
         raise ValueError("progress measures need a model with an MLP (attn_only=False)")
-    if cfg.d_vocab_out != p or cfg.d_vocab < p:
+    if cfg.d_vocab_out not in (p, p + 1) or cfg.d_vocab < p:
         raise ValueError(f"the model's vocabulary (d_vocab {cfg.d_vocab}, d_vocab_out {cfg.d_vocab_out}) "
                          f"does not fit modular arithmetic mod p={p}")
 
 
 def neuron_logit_map(model) -> torch.Tensor:
-    """W_L = W_out @ W_U of the last block: each neuron's direct effect on the logits [d_mlp, d_vocab_out]."""
-    return (model.blocks[-1].mlp.W_out.detach() @ model.W_U.detach()).to(torch.float64)
+    """W_L = W_out @ W_U[:, :p] of the last block: each neuron's direct effect on the p answer logits
+    [d_mlp, p] (the paper's W_U[:, :-1]: the '=' column is no answer)."""
+    W_U = model.W_U.detach()[:, :model.cfg.d_vocab - 1]  # [d_model, p]
+    return (model.blocks[-1].mlp.W_out.detach() @ W_U).to(torch.float64)
 
 
 def fourier_component_norms(model, task) -> dict[str, torch.Tensor]:
@@ -160,7 +165,8 @@ def sum_squared_weights(model) -> float:
 
 @torch.no_grad()
 def all_pair_logits(model, task) -> torch.Tensor:
-    """Logits at '=' for every pair: [p*p, p] float64, row a*p + b."""
+    """Logits at '=' for every pair: [p*p, d_vocab_out] float64, row a*p + b (the paper's layout has
+    p + 1 columns: slice [:, :p], its `[:, -1, :-1]`, for the answers alone)."""
     batch = task.all_pairs(device=next(model.parameters()).device)
     return model(batch.tokens)[:, -1].to(torch.float64).cpu()
 
@@ -217,24 +223,41 @@ def _sign(task) -> int:
 # ---- one checkpoint, a whole run -------------------------------------------------------------
 
 
+def excluded_loss_per_frequency(logits: torch.Tensor, labels: torch.Tensor, is_train: torch.Tensor, p: int,
+                                key_freqs, sign: int = 1) -> dict[int, float]:
+    """ARENA's excluded loss (and the paper code's `calculate_excluded_loss`): for each key frequency
+    k on its own, the train loss of the logits [p*p, p] less their cos(w_k (a+b)), sin(w_k (a+b))
+    components. {k: loss}. (`measures`' `excluded_loss` removes all key frequencies at once.)"""
+    return {int(k): cross_entropy(decompose_logits(logits, p, [k], sign).excluded[is_train], labels[is_train])
+            for k in key_freqs}
+
+
 def measures(model, task, is_train: torch.Tensor, key_freqs) -> dict:
-    """All per-checkpoint measures of `model`; is_train [p*p] bool marks the training pairs."""
+    """All per-checkpoint measures of `model`; is_train [p*p] bool marks the training pairs.
+
+    train/test loss and accuracy are the training loop's (over all d_vocab_out logits, '=' included,
+    as the paper's `full_loss`); the Fourier measures read the p answer logits (`[:, -1, :-1]`).
+    Two excluded losses, named: `excluded_loss` removes every key frequency at once (the paper's
+    definition), `excluded_loss_k{k}` one frequency k at a time (ARENA's chapter)."""
     p = _modular_p(task)
     _check_model(model, p)
-    logits = all_pair_logits(model, task)  # [p*p, p]
+    full = all_pair_logits(model, task)  # [p*p, d_vocab_out]
+    logits = full[:, :p]  # [p*p, p] the answers
     labels = task.all_pairs().targets[:, 0]
     parts = decompose_logits(logits, p, key_freqs, _sign(task))
     norms = fourier_component_norms(model, task)
     is_test = ~is_train
+    one_at_a_time = excluded_loss_per_frequency(logits, labels, is_train, p, key_freqs, _sign(task))
     return {
-        "train_loss": cross_entropy(logits[is_train], labels[is_train]),
-        "test_loss": cross_entropy(logits[is_test], labels[is_test]),
-        "train_acc": accuracy(logits[is_train], labels[is_train]),
-        "test_acc": accuracy(logits[is_test], labels[is_test]),
+        "train_loss": cross_entropy(full[is_train], labels[is_train]),
+        "test_loss": cross_entropy(full[is_test], labels[is_test]),
+        "train_acc": accuracy(full[is_train], labels[is_train]),
+        "test_acc": accuracy(full[is_test], labels[is_test]),
         "restricted_loss": cross_entropy(parts.restricted, labels),  # all pairs, as the paper
         "restricted_acc": accuracy(parts.restricted, labels),
         "excluded_loss": cross_entropy(parts.excluded[is_train], labels[is_train]),  # train pairs
         "excluded_acc": accuracy(parts.excluded[is_train], labels[is_train]),
+        **{f"excluded_loss_k{k}": loss for k, loss in one_at_a_time.items()},
         "gini_W_E": gini(norms["W_E"]),
         "gini_W_L": gini(norms["W_L"]),
         "sum_sq_weights": sum_squared_weights(model),
@@ -242,12 +265,11 @@ def measures(model, task, is_train: torch.Tensor, key_freqs) -> dict:
 
 
 def train_mask(run) -> torch.Tensor:
-    """[p*p] bool: the pairs the run trained on, rebuilt with the training loop's own split code."""
-    gen = torch.Generator().manual_seed(run.train_cfg.seed)
-    data = TrainData(run.task, run.train_cfg, gen, "cpu", [])
+    """[p*p] bool: the pairs the run trained on (`run.split()`, the training loop's own split code)."""
+    train, _ = run.split()
     p = run.task.p
     mask = torch.zeros(p * p, dtype=torch.bool)
-    mask[data.train.tokens[:, 0] * p + data.train.tokens[:, 1]] = True
+    mask[train.tokens[:, 0] * p + train.tokens[:, 1]] = True
     return mask
 
 

@@ -103,6 +103,15 @@ class Task:
         raise NotImplementedError
 
 
+def fixed_split(task, cfg, generator: torch.Generator) -> tuple[Batch, Batch]:
+    """The fixed (train, test) sets of a 'finite' or 'full' training run (TrainConfig cfg), drawn
+    with `generator` (the training loop's, seeded with cfg.seed): what the loop and `Run.split` use."""
+    if cfg.data == "infinite":
+        raise ValueError("this run drew fresh batches every step (infinite data): it has no fixed train/test split")
+    n_train = cfg.n_train if cfg.data == "finite" else None
+    return task.split(n_train, generator, cfg.n_test) if cfg.n_test else task.split(n_train, generator)
+
+
 # ---- small helpers shared by the task files -------------------------------------------------
 
 

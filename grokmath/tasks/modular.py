@@ -1,16 +1,24 @@
 """Modular arithmetic mod a prime p, as the progress-measures (grokking) paper's code.
 
 Sequences `[a, b, =]` with `=` = p (d_vocab p+1, n_ctx 3); the label (a op b) mod p is scored at
-the '=' position (d_vocab_out p). Ops: add (a+b), subtract (a-b), x2xyy2 (a^2 + a*b + b^2) and
-rand (a fixed table of uniform answers, drawn from `rand_seed`). `split` shuffles all p*p pairs
-with the generator and puts the first int(frac_train * p*p) (the paper's rule) in the train set and
-the rest in the test set; `all_pairs` gives every pair in a-major order (row a*p + b) for analysis;
-`sample` draws pairs uniformly (infinite data). Token names are '0'..'p-1' and '='; `decode`
-writes them space-separated.
+the '=' position. The output layout is the paper's: d_vocab_out = p + 1 (the unembedding has an
+'=' column too, trained as in the paper's `full_loss` over all p + 1 logits), so the literature's
+`logits[:, -1, :-1]` (the p answers) and `W_U[:, :-1]` run as written. Ops: add (a+b), subtract
+(a-b), x2xyy2 (a^2 + a*b + b^2) and rand (a fixed table of uniform answers, drawn from
+`rand_seed`).
+
+`split` is the paper's exact split (`gen_train_test` in the progress-measures code, and ARENA's):
+the pairs listed in (a, b) order, shuffled by Python's `random.seed(seed); random.shuffle(pairs)`,
+the first int(frac_train * p*p) the train set and the rest the test set; `seed` is the training
+seed (the generator's `initial_seed()`). `paper_split(seed)` gives the same as index lists,
+`all_pairs` every pair in a-major order (row a*p + b) for analysis; `sample` draws pairs
+uniformly (infinite data). Token names are '0'..'p-1' and '='; `decode` writes them
+space-separated.
 """
 from __future__ import annotations
 
 import numbers
+import random
 
 import torch
 
@@ -41,7 +49,7 @@ class ModularTask(Task):
                              f"({self.p * self.p} pairs): use a fraction between {1 / self.p ** 2:.3g} and "
                              f"{1 - 1 / self.p ** 2:.3g}")
         self.rand_seed = check_int("rand_seed", rand_seed, 0)
-        self.d_vocab, self.d_vocab_out, self.n_ctx = self.p + 1, self.p, 3
+        self.d_vocab, self.d_vocab_out, self.n_ctx = self.p + 1, self.p + 1, 3  # the paper's '=' logit
         self.pred_pos = torch.tensor([2])
         self.pred_labels = ["answer"]
         self.token_names = [str(i) for i in range(self.p)] + ["="]
@@ -78,23 +86,33 @@ class ModularTask(Task):
         index = torch.arange(self.p * self.p, device=device)
         return self.from_pairs(index // self.p, index % self.p)
 
-    def split(self, n_train: int | None = None, generator: torch.Generator | None = None,
-              n_test: int | None = None):
-        """Every pair exactly once: (train, test), train the first int(frac_train*p*p) of a shuffle."""
+    def paper_split(self, seed: int, n_train: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(train, test) pair indices a*p + b [n_train], [p*p - n_train], in the paper's shuffled
+        order: `random.seed(seed); random.shuffle(pairs)` over the pairs in (a, b) order, then the
+        first int(frac_train * p*p) (or n_train) are train."""
         total = self.p * self.p
         if n_train is None:
             n_train = int(self.frac_train * total)
-            if not 0 < n_train < total:
-                raise ValueError(f"frac_train {self.frac_train} leaves no train or no test pair for "
-                                 f"p={self.p}; pass n_train between 1 and {total - 1}")
         n_train = check_int("n_train", n_train, 1, total - 1)
-        if n_test is not None and n_test != total - n_train:
+        order = list(range(total))  # pair (a, b) is a*p + b: the paper's list order
+        random.Random(check_int("seed", seed, 0)).shuffle(order)  # = random.seed(seed); random.shuffle
+        order = torch.tensor(order)
+        return order[:n_train], order[n_train:]
+
+    def split(self, n_train: int | None = None, generator: torch.Generator | None = None,
+              n_test: int | None = None):
+        """Every pair exactly once: (train, test), the paper's split with seed generator.initial_seed()."""
+        total = self.p * self.p
+        if n_test is not None and n_train is not None and n_test != total - n_train:
             raise ValueError(f"the modular split puts every pair not in train in test; "
                              f"leave n_test unset (it is p*p - n_train = {total - n_train})")
         generator = check_generator(generator)
-        order = torch.randperm(total, generator=generator, device=generator.device)
-        pairs = lambda index: self.from_pairs(index // self.p, index % self.p)  # noqa: E731
-        return pairs(order[:n_train]), pairs(order[n_train:])
+        train, test = self.paper_split(generator.initial_seed(), n_train)
+        if n_test is not None and n_test != len(test):
+            raise ValueError(f"the modular split puts every pair not in train in test; "
+                             f"leave n_test unset (it is p*p - n_train = {len(test)})")
+        pairs = lambda index: self.from_pairs(index // self.p, index % self.p).to(generator.device)  # noqa: E731
+        return pairs(train), pairs(test)
 
     def encode(self, texts: list[str]) -> torch.Tensor:
         return encode_strings(texts, {name: i for i, name in enumerate(self.token_names)}, words=True)
