@@ -711,15 +711,16 @@ class Run:
             status = "finished"
         return f"run {self.path} {where} ({status})"
 
+    def split(self):
+        """(train, test) Batches this run trained and was tested on, rebuilt by the training loop's
+        own code: for a modular run the paper's split (`train, test = load_run(path).split()`)."""
+        return fixed_split(self.task, self.train_cfg, torch.Generator().manual_seed(self.train_cfg.seed))
+
 
 def _model_steps(run: RunDir) -> list[int]:
     """The steps whose model can be loaded: each model checkpoint, and each resumable state (a run
     stopped between checkpoints before grokmath saved a model at the stop has only the state there)."""
     return sorted(set(run.model_steps()) | set(run.state_steps()))
-    def split(self):
-        """(train, test) Batches this run trained and was tested on, rebuilt by the training loop's
-        own code: for a modular run the paper's split (`train, test = load_run(path).split()`)."""
-        return fixed_split(self.task, self.train_cfg, torch.Generator().manual_seed(self.train_cfg.seed))
 
 
 def _load_model(run: RunDir, model_cfg, step, device):
