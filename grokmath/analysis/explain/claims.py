@@ -105,7 +105,10 @@ def explain_failures(failed: torch.Tensor, right: torch.Tensor, truth: dict[str,
             p, r = precision_recall(failed, predicted, right)
             if p == p and r == r and p + r > 0:
                 found.append(dict(variable=name, value=value, precision=p, recall=r, f1=2 * p * r / (p + r)))
-    found.sort(key=lambda d: -d["f1"])
+    # equal sets (e.g. the units' carry out is A1's carry in): the papers' role words first
+    order = ("all", "use_carry", "use_sum9", "sum9", "use_borrow", "sign", "make_carry", "make_borrow")
+    rank = lambda d: next((i for i, w in enumerate(order) if d["variable"].split(".")[-1].startswith(w)), 99)  # noqa: E731
+    found.sort(key=lambda d: (-round(d["f1"], 12), rank(d)))
     return found[:top]
 
 
