@@ -181,5 +181,9 @@ def _fast_logits(model, layer, p, group: list[PosNode], cache, values) -> torch.
     neurons = torch.tensor([n.index for n in group], device=resid_pre.device)
     post = cache[f"{b}.mlp.hook_post"][:, p]  # [batch, d_mlp]
     delta = (values[f"{b}.mlp.hook_post"][:, p] - post)[:, neurons].T  # [k, batch]
-    resid = cache[f"{b}.hook_resid_post"][:, p] + delta[..., None] * block.mlp.W_out[neurons][:, None]  # [k, batch, d_model]
+    resid_post = cache[f"{b}.hook_resid_post"][:, p]  # [batch, d_model]
+    if isinstance(model.ln_final, torch.nn.Identity):  # no final LayerNorm: the logits move linearly
+        clean = model.unembed(resid_post)  # [batch, vocab]
+        return clean + delta[..., None] * (block.mlp.W_out[neurons] @ model.unembed.W_U)[:, None]  # [k, batch, vocab]
+    resid = resid_post + delta[..., None] * block.mlp.W_out[neurons][:, None]  # [k, batch, d_model]
     return model.unembed(model.ln_final(resid))

@@ -150,7 +150,9 @@ def summary(task, table, probes, claims, info, title="") -> str:
              f"{info['questions']} questions drawn per case class ({info['right']} answered right), "
              f"{info['kind']} ablation, {len(table)} nodes tried, {len(useful)} useful "
              f"(fail % >= 0.5); {info['seconds']} s ({', '.join(f'{k} {v} s' for k, v in info['timings'].items())}).", "",
-             "## Which answer digit each position computes", "",
+             "Answered right per question class (before any ablation): " + ", ".join(
+                 f"{k} {100 * v:.1f}% of {info['class_count'][k]}" for k, v in info.get("class_accuracy", {}).items()) + ".",
+             "", "## Which answer digit each position computes", "",
              "| position | predicts | useful heads (attends: role) | MLP fail % | useful neurons |",
              "|---|---|---|---|---|"]
     for pos in sorted(useful["position"].unique()):

@@ -77,6 +77,11 @@ def node_table(model, task, batch, classes: list[str] | None = None, kind: str =
                 spearman_all=spearman(table["attribution"], table["loss_change"]),
                 spearman_heads=spearman(*_pair(table, "head")), spearman_neurons=spearman(*_pair(table, "neuron")),
                 neurons_skipped=_skipped(cfg, table))
+    if classes is not None:  # how the model does on each question class before any ablation
+        right_cpu = right.cpu()
+        info["class_accuracy"] = {name: round(right_cpu[[c == name for c in classes]].double().mean().item(), 4)
+                                  for name in dict.fromkeys(classes)}
+        info["class_count"] = {name: classes.count(name) for name in dict.fromkeys(classes)}
     return table, failed.cpu(), info
 
 
