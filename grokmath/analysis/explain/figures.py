@@ -14,11 +14,11 @@ SHORT = {"BaseAdd": "BA", "BaseSub": "BS", "MakeCarry": "MC", "Cascade": "US9"}
 
 
 def _short_tag(tags: str) -> str:
+    """'BaseAdd A3 + MakeCarry 2->A3; ...' -> 'BA+MC' (the role read from the attention)."""
     first = tags.split(";")[0].strip() if tags else ""
-    for word, short in SHORT.items():
-        if first.startswith(word):
-            return short
-    return ""
+    parts = [next((short for word, short in SHORT.items() if part.strip().startswith(word)), "")
+             for part in first.split(" + ")]
+    return "+".join(p for p in parts if p) if all(parts) else ""
 
 
 def quanta_map(table: pd.DataFrame, path, position_names: list[str], title: str = "", max_neurons: int = 24):

@@ -131,6 +131,8 @@ def paper_claims(table: pd.DataFrame) -> list[str]:
     texts = []
     for _, row in table[table["useful"] & (table["kind"] == "head")].iterrows():
         role = str(row["tags"]).split(";")[0].strip()
+        if " + " in role:
+            continue  # a head with two roles: no single claim names it
         word, _, rest = role.partition(" ")
         if word in ("BaseAdd", "BaseSub"):
             texts.append(f"{row['node']} {word} {rest[1:]}")

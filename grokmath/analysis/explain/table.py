@@ -158,21 +158,23 @@ def _class_tags(fail, right, classes) -> list[str]:
 def paper_role(task, node: PosNode, attends: str, predicted: dict[int, str]) -> str:
     """The role Quirke & Barez give a head that, at the position computing An, attends to a digit
     pair Dk D'k: BaseAdd (k = n), MakeCarry (k = n - 1, the carry from below), UseSum9 / cascade
-    (k <= n - 2). '' when the head attends to no single digit pair or the task is not arithmetic."""
+    (k <= n - 2); a head that attends to two pairs gets both, e.g. 'BaseAdd A3 + MakeCarry 2->A3'.
+    '' when the head attends to no digit pair or the task is not arithmetic."""
     if node.kind != "head" or node.position not in predicted or not attends:
         return ""
     label = predicted[node.position]
     if not label.startswith("A"):
         return ""
     n = int(label[1:])
-    pairs = [int(t[1:]) for t in attends.split() if t.startswith("D") and not t.startswith("D'")]
-    pairs = [k for k in pairs if f"D'{k}" in attends.split()]
-    if len(pairs) != 1:
-        return ""
-    k = pairs[0]
+    words = attends.split()
+    pairs = [int(t[1:]) for t in words if t.startswith("D") and not t.startswith("D'") and f"D'{t[1:]}" in words]
     base = "BaseSub" if task.name == "arithmetic" and "add" not in task.ops else "BaseAdd"
-    if k == n:
-        return f"{base} A{n}"
-    if k == n - 1:
-        return f"MakeCarry {k}->A{n}"
-    return f"Cascade {k}->A{n}" if k < n - 1 else ""
+    roles = []
+    for k in pairs:  # in the order of attention, strongest pair first
+        if k == n:
+            roles.append(f"{base} A{n}")
+        elif k == n - 1:
+            roles.append(f"MakeCarry {k}->A{n}")
+        elif k < n - 1:
+            roles.append(f"Cascade {k}->A{n}")
+    return " + ".join(roles)
