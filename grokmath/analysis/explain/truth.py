@@ -140,17 +140,17 @@ def _value(digits: torch.Tensor) -> torch.Tensor:
 
 def question_set(task, per_class: int, generator: torch.Generator, pool: int | None = None):
     """Questions drawn per case class: up to `per_class` of each of task.question_classes (S0..Sn for
-    addition; per op for arithmetic), from a pool of enriched questions (long cascades are rare
-    otherwise) mixed with uniform ones. Tasks without classes: `per_class` plain questions.
+    addition; per op for arithmetic), from a pool of uniform questions, then enriched ones where a
+    class has too few (long cascades are rare otherwise). Tasks without classes: `per_class` plain questions.
     Returns (Batch, class name per question)."""
     from grokmath.tasks.base import Batch
     plain = question_sampler(task, enrich=False) if is_arithmetic(task) else task
     if not task.question_classes(plain.sample(1, generator).meta):
         batch = plain.sample(per_class, generator)
         return batch, ["all"] * len(batch)
-    pool = pool or 20 * per_class
-    batch = Batch.cat([question_sampler(task, enrich=True).sample(pool, generator),
-                       plain.sample(pool, generator)])
+    pool = pool or 50 * per_class
+    # uniform questions first, so a class takes enriched ones only where uniform ones run out
+    batch = Batch.cat([plain.sample(pool, generator), question_sampler(task, enrich=True).sample(pool, generator)])
     classes = task.question_classes(batch.meta)
     keep, names = [], []
     for name, mask in classes.items():
