@@ -302,3 +302,15 @@ def test_explain_script_on_the_hand_built_adder(tmp_path, capsys):
     assert code == 2 and "--overwrite" in err and err.count("\n") == 1
     code, _, err = run_main("explain", [str(tmp_path / "nope")], capsys)
     assert code == 2 and err.count("\n") == 1
+
+
+def test_other_tasks_get_useful_heads_and_scores(tmp_path):
+    from grokmath.analysis.explain.report import explain
+    task = make_task("induction", seq_len=20, subseq_len=4, vocab_size=16)
+    model = tiny_model(task, attn_only=True)
+    result = explain(model, task, tmp_path, progress=False)
+    scores = json.loads((tmp_path / "heads.json").read_text())
+    assert len(scores["induction"]) == 2 and len(scores["induction"][0]) == 2  # [layer][head]
+    useful = result["table"]
+    assert (useful["useful"] == (useful["loss_change"] > 0.05)).all()
+    assert "Induction score" in (tmp_path / "summary.md").read_text()
