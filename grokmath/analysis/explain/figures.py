@@ -80,7 +80,8 @@ def attention_by_node(table: pd.DataFrame, patterns: np.ndarray, path, position_
 
 
 def probe_map(probes: pd.DataFrame, path, position_names: list[str], title: str = ""):
-    """Probe accuracy minus baseline, one panel per residual stage: variables x positions."""
+    """Probe accuracy above the majority baseline, as the share of the gap to 100% it closes (a
+    rare variable's 0.99 against a 0.90 baseline shows as 0.9), one panel per residual stage."""
     stages = list(dict.fromkeys(probes["layer"]))
     variables = sorted(probes["variable"].unique(), key=_variable_order)
     positions = sorted(probes["position"].unique())
@@ -90,12 +91,14 @@ def probe_map(probes: pd.DataFrame, path, position_names: list[str], title: str 
         part = probes[probes["layer"] == stage]
         grid = np.full((len(variables), len(positions)), np.nan)
         for _, r in part.iterrows():
-            grid[variables.index(r["variable"]), positions.index(r["position"])] = r["accuracy"] - r["baseline"]
+            # the share of the gap from the majority baseline to 100% that the probe closes
+            gap = max(1e-9, 1 - r["baseline"])
+            grid[variables.index(r["variable"]), positions.index(r["position"])] = (r["accuracy"] - r["baseline"]) / gap
         image = ax.imshow(grid, cmap="viridis", vmin=0, vmax=1, aspect="auto")
         ax.set_xticks(range(len(positions)), [position_names[p] for p in positions], fontsize=5, rotation=90)
         ax.set_yticks(range(len(variables)), variables, fontsize=5)
         ax.set_title(stage, fontsize=8)
-    fig.colorbar(image, ax=axes[0].tolist(), label="probe accuracy - majority baseline")
+    fig.colorbar(image, ax=axes[0].tolist(), label="(accuracy - baseline) / (1 - baseline)")
     fig.suptitle(title or "linear probes: where each variable is readable (held-out questions)")
     return save_figure(fig, path)
 

@@ -52,7 +52,8 @@ def node_table(model, task, batch, classes: list[str] | None = None, kind: str =
         useful_mlp = [n for n, f in zip(first, failed) if n.kind == "mlp" and _pct(f, right) >= useful_pct]
         candidates = [k for m in useful_mlp for k in neuron_nodes(cfg, m.position, m.layer)]
         if candidates:
-            attr = attribution_scores(model, task, tokens, candidates, kind, reference, gen())
+            dear = any(m.layer != last for m in useful_mlp)  # last-layer neurons are cheap: all are ablated
+            attr = attribution_scores(model, task, tokens, candidates, kind, reference, gen()) if dear else None
             keep = []
             for m in useful_mlp:
                 idx = [i for i, c in enumerate(candidates) if (c.position, c.layer) == (m.position, m.layer)]
