@@ -128,7 +128,7 @@ def claim_text(node: str, variable: str, value, digit_hint: int | None = None) -
         return f"{node} {role} {k + shift}"
     if name == "sign" and value == 1:
         return f"{node} Sign"
-    return f"{node} {base} {value}"
+    return f"{node} {prefix}{base} {value}"
 
 
 def save_claims(path, results: list[dict]) -> None:
