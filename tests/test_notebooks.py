@@ -45,9 +45,9 @@ sys.path.insert(0, str(ROOT / "notebooks"))
 import _build  # noqa: E402
 
 
-def test_there_are_six_notebooks_each_from_its_source():
+def test_there_are_seven_notebooks_each_from_its_source():
     assert [p.stem for p in NOTEBOOKS] == [s.stem for s in sorted(_build.SOURCES.glob("[0-9]*.py"))]
-    assert len(NOTEBOOKS) == 6
+    assert len(NOTEBOOKS) == 7
     assert _build.main(["--check"]) == 0, "a notebook differs from its source: run python notebooks/_build.py"
 
 

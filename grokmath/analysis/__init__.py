@@ -8,6 +8,8 @@
 - evaluate: accuracy over many questions in nines, per case, with the failing questions
 - fourier: digit and mod-p Fourier bases and projections of the model onto them
 - sae, sae_run: sparse autoencoders on activations
+- explain: the algorithm inside, found and verified: useful nodes (P14L0H1), attribution patching,
+  probes and claims scored against the task's ground truth (scripts/explain.py)
 - common, plots: answer-position logits and their score (grokmath.losses), batched variants, heatmaps
 - interactive: plotly figures for notebooks (attention per head, loss curves, heatmaps); plotly optional
 """
