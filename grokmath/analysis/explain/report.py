@@ -1,5 +1,5 @@
 """The whole explain report of one trained model: `explain(model, task, out_dir)`, or for a run
-folder `explain_run(run_dir)`, which writes RUN_DIR/analysis/explain/.
+folder `explain_run(load_run(run_dir))`, which writes RUN_DIR/analysis/explain/.
 
 Arithmetic tasks (addition, subtraction, mixed) get everything: the node table (nodes.csv), probes
 (probes.csv), claims proposed from the node table on one question set and tested by intervention
@@ -199,11 +199,9 @@ def _class_fail(table) -> str:
     return ", ".join(f"{name}: {n} nodes fail half of its questions or more" for name, n in sorted(counts.items()))
 
 
-def explain_run(run_dir, step=None, device="cpu", overwrite: bool = False, **options) -> dict:
-    """explain() of a run folder's model, into RUN_DIR/analysis/explain/."""
-    from grokmath.checkpoint import load_run
+def explain_run(run, overwrite: bool = False, **options) -> dict:
+    """explain() of a loaded run's model (`checkpoint.load_run`), into RUN_DIR/analysis/explain/."""
     from grokmath.files import refuse_existing
-    run = load_run(run_dir, step=step, device=device)
     out = run.path / "analysis" / "explain"
     refuse_existing([out / name for name in OUTPUTS], overwrite)
     return explain(run.model, run.task, out, title=f"{run.path.name} step {run.step}", **options)
