@@ -18,7 +18,7 @@ import torch
 from grokmath import cli
 from grokmath.checkpoint import REPLACED, RunDir, atomic_torch_save, prepare_runs, run_config
 
-from script_helpers import load_script
+from script_helpers import load_script, run_guarded
 
 TINY = ["--digits", "2", "--d-model", "16", "--n-heads", "2", "--steps", "6", "--checkpoint-every", "3",
         "--device", "cpu", "--no-progress", "--no-plots"]
@@ -26,21 +26,10 @@ TINY_MODULAR = ["--p", "5", "--d-model", "8", "--n-heads", "2", "--steps", "6", 
                 "--device", "cpu", "--no-progress", "--no-plots"]
 
 
-def run_script(capsys, script, argv):
-    """main_guard(script.main, argv) in this process: (exit status, stdout, stderr)."""
-    capsys.readouterr()
-    try:
-        cli.main_guard(load_script(script).main, argv)
-        code = 0
-    except SystemExit as e:
-        code = e.code
-    out, err = capsys.readouterr()
-    return code, out, err
-
 
 def expect_error(capsys, script, argv, *fragments, code=2):
     """Exit status `code`, one line on stderr (no traceback) holding every fragment; returns it."""
-    status, _, err = run_script(capsys, script, argv)
+    status, _, err = run_guarded(capsys, script, argv)
     assert status == code, err
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
     for fragment in fragments:
@@ -94,7 +83,7 @@ def test_overwrite_whose_settings_fail_leaves_the_old_run_whole(capsys, tmp_path
 def test_overwrite_of_a_seeds_group_replaces_every_member(capsys, tmp_path):
     out = ["--out", str(tmp_path)]
     load_script("train_modular").main([*TINY_MODULAR, "--seeds", "7", "8", *out])
-    code, _, err = run_script(capsys, "train_modular", [*TINY_MODULAR, "--seeds", "7", "8", "--grokfast", "ema",
+    code, _, err = run_guarded(capsys, "train_modular", [*TINY_MODULAR, "--seeds", "7", "8", "--grokfast", "ema",
                                                         "--overwrite", *out])
     assert code == 0, err
     for seed in (7, 8):
@@ -163,7 +152,7 @@ def test_a_replacement_killed_before_its_first_checkpoint(capsys, tmp_path, base
     assert user_files(run) == before
     # the same --overwrite again: the new run takes the folder, the old one goes at its first checkpoint
     prepare_runs([run], [config], overwrite=True)[0].unlock()
-    code, _, err = run_script(capsys, "train_addition", [*TINY, "--steps", "9", "--out", str(run.parent),
+    code, _, err = run_guarded(capsys, "train_addition", [*TINY, "--steps", "9", "--out", str(run.parent),
                                                          "--run-name", "add", "--overwrite"])
     assert code == 0, err
     assert not (run / REPLACED).exists() and RunDir(run).state_steps() == [6, 9]
@@ -204,7 +193,7 @@ def test_an_unstarted_run_is_started_again_by_the_same_command(capsys, tmp_path)
         path.write_bytes(b"half a file")
     expect_error(capsys, "train_addition", ["--resume", str(run)], "stopped before its first one",
                  "run the command that started it again")
-    code, _, err = run_script(capsys, "train_addition", argv)  # no --overwrite needed
+    code, _, err = run_guarded(capsys, "train_addition", argv)  # no --overwrite needed
     assert code == 0, err
     assert RunDir(run).state_steps() == [3, 6] and not any(p.exists() for p in stale)
     # once it has a checkpoint it is a run like any other: the same command now needs --overwrite
@@ -215,7 +204,7 @@ def test_a_start_killed_before_config_json_does_not_block_the_command(capsys, tm
     run = tmp_path / "r"
     (run / "checkpoints").mkdir(parents=True)
     (run / ".config.json.999999999.q1w2e3r4.tmp").write_text('{"mod')  # disk full while writing config.json
-    code, _, err = run_script(capsys, "train_addition", [*TINY, "--out", str(tmp_path), "--run-name", "r"])
+    code, _, err = run_guarded(capsys, "train_addition", [*TINY, "--out", str(tmp_path), "--run-name", "r"])
     assert code == 0, err
     assert sorted(p.name for p in run.iterdir() if p.name.endswith(".tmp")) == []
 
@@ -291,7 +280,7 @@ def test_a_damaged_run_folder_gets_one_line_from_every_script(capsys, tmp_path, 
         shutil.copytree(base_runs / source, run)
         make_damage(run)
         damaged = user_files(run)
-        code, _, err = run_script(capsys, script, argv(run))
+        code, _, err = run_guarded(capsys, script, argv(run))
         assert code == 2, (name, err)
         assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, (name, err)
         assert file_named in err and said in err, (name, err)
@@ -326,7 +315,7 @@ def test_resume_falls_back_from_a_damaged_newest_state_with_one_warning(capsys, 
     reference = reference_9
     run = copy_run(base_runs, "add", tmp_path)
     STATE_DAMAGE[damage](run / "checkpoints" / "state_000006.pt")
-    code, _, err = run_script(capsys, "train_addition", ["--resume", str(run), "--steps", "9", "--no-progress",
+    code, _, err = run_guarded(capsys, "train_addition", ["--resume", str(run), "--steps", "9", "--no-progress",
                                                          "--no-plots"])
     assert code == 0, err
     lines = err.strip().splitlines()
@@ -380,7 +369,7 @@ def test_bad_flags_are_one_line(capsys, tmp_path, script, argv, fragment):
 def test_attention_texts_of_any_length_but_not_empty_and_at_most_twenty_pictures(capsys, tmp_path, base_runs,
                                                                                  monkeypatch):
     run = copy_run(base_runs, "add", tmp_path)
-    code, out, err = run_script(capsys, "attention", [str(run), "--text", "12+34=046", "--text", "12+34="])
+    code, out, err = run_guarded(capsys, "attention", [str(run), "--text", "12+34=046", "--text", "12+34="])
     assert code == 0 and err == "", err
     assert len(list((run / "analysis").glob("attention_*.png"))) == 2
     expect_error(capsys, "attention", [str(run), "--text", "", "--overwrite"], "has 0 tokens")
@@ -388,7 +377,7 @@ def test_attention_texts_of_any_length_but_not_empty_and_at_most_twenty_pictures
 
     monkeypatch.setattr(grokmath.analysis.attention, "plot_attention_grid",
                         lambda model, task, tokens, path: path.write_bytes(b"png"))
-    code, out, err = run_script(capsys, "attention", [str(run), "--questions", "500", "--overwrite"])
+    code, out, err = run_guarded(capsys, "attention", [str(run), "--questions", "500", "--overwrite"])
     assert code == 0 and "drawing 20 of the 500 questions" in err and len(err.strip().splitlines()) == 1
     assert len(list((run / "analysis").glob("attention_*.png"))) == 20
 
@@ -397,7 +386,7 @@ def test_bench_writes_its_csv_whole_and_never_over_a_file(capsys, tmp_path, monk
     import grokmath.bench
     monkeypatch.setattr(grokmath.bench, "bench_task", lambda name, *args: {"task": name, "steps_per_s": 1.0})
     csv = tmp_path / "bench.csv"
-    code, out, err = run_script(capsys, "bench", ["--tasks", "modular", "--device", "cpu", "--csv", str(csv)])
+    code, out, err = run_guarded(capsys, "bench", ["--tasks", "modular", "--device", "cpu", "--csv", str(csv)])
     assert code == 0, err
     assert csv.read_text().splitlines()[1].startswith("modular,1.0,") and os.listdir(tmp_path) == ["bench.csv"]
     expect_error(capsys, "bench", ["--tasks", "modular", "--device", "cpu", "--csv", str(csv)], "already exists")
@@ -466,5 +455,5 @@ def test_the_resume_command_is_quoted_for_the_shell(capsys, tmp_path, monkeypatc
     command = shlex.split(err.split("resume with: ")[1])
     assert command[-2:] == ["--resume", str(tmp_path / "my runs" / "it's mine")]
     monkeypatch.undo()
-    code, _, err = run_script(capsys, "train_addition", [*command[2:], "--no-plots", "--no-progress"])
+    code, _, err = run_guarded(capsys, "train_addition", [*command[2:], "--no-plots", "--no-progress"])
     assert code == 0, err

@@ -23,8 +23,8 @@ import grokmath.memory
 from grokmath.checkpoint import REPLACED, REPLACING, RunDir, load_latest_states, prepare_runs, safe_load
 from grokmath.memory import format_bytes
 
-from script_helpers import load_script
-from test_adversarial import TINY, TINY_MODULAR, copy_run, expect_error, run_script, user_files
+from script_helpers import load_script, run_guarded
+from test_adversarial import TINY, TINY_MODULAR, copy_run, expect_error, user_files
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -118,7 +118,7 @@ def test_every_state_of_a_move_aside_is_recognised_and_recovered(capsys, monkeyp
         build_state(monkeypatch, folder, direction, n_ops)
     whole = not RunDir(run).being_replaced()  # an empty .replacing/: the run at the top is whole
     # a reader: reads a whole run, or says what recovers it; never "not a grokmath run folder"
-    code, _, err = run_script(capsys, "evaluate", [str(run), "--questions", "10", "--no-progress"])
+    code, _, err = run_guarded(capsys, "evaluate", [str(run), "--questions", "10", "--no-progress"])
     if whole:
         assert code == 0, err
         shutil.rmtree(run / "analysis")
@@ -141,7 +141,7 @@ def test_the_overwrite_command_again_recovers_and_replaces(capsys, monkeypatch, 
     """The reported case: config.json already in .replacing/, checkpoints/ still at the top."""
     run = copy_run(base_runs, "add", tmp_path)
     build_state(monkeypatch, run, direction, n_ops)
-    code, _, err = run_script(capsys, "train_addition", [*TINY, "--steps", "9", "--out", str(run.parent),
+    code, _, err = run_guarded(capsys, "train_addition", [*TINY, "--steps", "9", "--out", str(run.parent),
                                                          "--run-name", "add", "--overwrite"])
     assert code == 0, err
     assert RunDir(run).state_steps() == [6, 9] and not RunDir(run).needs_recovery()
@@ -166,9 +166,9 @@ def test_a_kill_after_the_new_runs_first_state_leaves_the_new_run(capsys, monkey
     monkeypatch.undo()
     RunDir(run).unlock()
     assert RunDir(run).state_steps() == [0] and (run / REPLACED / "config.json").is_file()
-    code, out, err = run_script(capsys, "evaluate", [str(run), "--questions", "10", "--no-progress"])
+    code, out, err = run_guarded(capsys, "evaluate", [str(run), "--questions", "10", "--no-progress"])
     assert code == 0 and "step000000" in out, err
-    code, _, err = run_script(capsys, "train_addition", ["--resume", str(run), "--no-progress", "--no-plots"])
+    code, _, err = run_guarded(capsys, "train_addition", ["--resume", str(run), "--no-progress", "--no-plots"])
     assert code == 0, err
     assert not (run / REPLACED).exists() and RunDir(run).state_steps() == [6, 9]
 
@@ -195,7 +195,7 @@ def test_a_failed_resume_with_steps_leaves_config_json_as_it_was(capsys, tmp_pat
 def test_resume_with_steps_records_them_once_it_works(capsys, tmp_path, base_runs):
     run = copy_run(base_runs, "add", tmp_path)
     config = json.loads((run / "config.json").read_text())
-    code, _, err = run_script(capsys, "train_addition", ["--resume", str(run), "--steps", "9", "--no-progress",
+    code, _, err = run_guarded(capsys, "train_addition", ["--resume", str(run), "--steps", "9", "--no-progress",
                                                          "--no-plots"])
     assert code == 0, err
     assert json.loads((run / "config.json").read_text()) == {**config, "train": {**config["train"], "steps": 9}}
@@ -284,7 +284,7 @@ def test_a_full_disk_while_writing_a_checkpoint_is_one_line_and_the_run_resumes(
     assert RunDir(run).state_steps() == [0] and no_temporary_files(run)
     safe_load(run / "checkpoints" / "state_000000.pt")  # whole, checksum and all
     monkeypatch.undo()
-    code, _, err = run_script(capsys, "train_addition", ["--resume", str(run), "--no-progress", "--no-plots"])
+    code, _, err = run_guarded(capsys, "train_addition", ["--resume", str(run), "--no-progress", "--no-plots"])
     assert code == 0, err
     # resumed, it is the run that never met a full disk
     assert (run / "metrics.csv").read_bytes() == (base_runs / "add" / "metrics.csv").read_bytes()

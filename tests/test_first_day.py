@@ -6,7 +6,6 @@ import argparse
 import os
 import re
 import signal
-from pathlib import Path
 
 import pytest
 import torch
@@ -14,23 +13,12 @@ import torch
 from grokmath import cli
 from grokmath.checkpoint import RunDir, load_run
 
-from script_helpers import ROOT, load_script
+from script_helpers import ROOT, load_script, run_guarded
 
 TINY = ["--digits", "2", "--d-model", "16", "--n-heads", "2", "--steps", "30", "--checkpoint-every", "10",
         "--device", "cpu", "--no-progress"]
 STOP_AT = 17  # not a checkpoint step: before the fix, every analysis read step 10 without a word
 
-
-def guarded(capsys, script, argv):
-    """(exit status, stdout, stderr) of a script's main under main_guard, as a user runs it."""
-    capsys.readouterr()
-    try:
-        cli.main_guard(load_script(script).main, argv)
-        code = 0
-    except SystemExit as stop:
-        code = stop.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +69,7 @@ def test_the_stop_message_names_the_plots_and_the_resume_command(tmp_path, capsy
         return real(*args, **kwargs)
 
     monkeypatch.setattr(grokmath.train, "train_step", step_then_ctrl_c)
-    code, _, err = guarded(capsys, "train_addition", [*TINY, "--out", str(tmp_path), "--no-plots"])
+    code, _, err = run_guarded(capsys, "train_addition", [*TINY, "--out", str(tmp_path), "--no-plots"])
     assert code == 130 and len(err.strip().splitlines()) == 1, err
     assert "stopped by SIGINT at step 5" in err and "draw the plots with" in err and "plot_run.py" in err
     assert "--resume" in err
@@ -109,7 +97,7 @@ def test_an_old_stopped_run_without_a_model_at_its_stop_is_read_from_its_state(s
 ])
 def test_every_analysis_script_says_first_which_run_and_step_it_read(stopped_run, capsys, script, argv):
     run, _ = stopped_run
-    code, out, err = guarded(capsys, script, [str(run), *argv])
+    code, out, err = run_guarded(capsys, script, [str(run), *argv])
     if script == "explain":  # the 17-step model answers nothing right, which explain refuses, after saying what it read
         assert code == 2 and "answers none of the questions right" in err, err
     else:
@@ -163,10 +151,10 @@ def test_a_default_folder_holding_other_settings_asks_for_a_run_name(tmp_path, c
     load_script("train_addition").main(small)
     (folder,) = tmp_path.iterdir()
     before = sorted(p.name for p in folder.rglob("*"))
-    code, _, err = guarded(capsys, "train_addition", [*small[:2], "--d-model", "8", *small[4:]])
+    code, _, err = run_guarded(capsys, "train_addition", [*small[:2], "--d-model", "8", *small[4:]])
     assert code == 2 and "already holds a run with other settings (d_model 16, here 8" in err
     assert "--run-name" in err and sorted(p.name for p in folder.rglob("*")) == before
-    code, _, err = guarded(capsys, "train_addition", [*small[:2], "--d-model", "8", *small[4:], "--run-name", "b"])
+    code, _, err = run_guarded(capsys, "train_addition", [*small[:2], "--d-model", "8", *small[4:], "--run-name", "b"])
     assert code == 0 and (tmp_path / "b" / "config.json").exists()
 
 
@@ -191,14 +179,14 @@ def test_no_script_takes_a_prefix_of_a_flag_for_the_flag(script, monkeypatch):
 
 
 def test_digit_is_not_digits(capsys):
-    code, _, err = guarded(capsys, "train_addition", ["--digit", "5"])
+    code, _, err = run_guarded(capsys, "train_addition", ["--digit", "5"])
     assert code == 2 and "unrecognized arguments: --digit 5" in err
 
 
 def test_failing_questions_show_the_right_answer_as_the_model_writes_it(stopped_run, capsys):
     """Each listed failure: the right answer with its leading zeros, from Python integers."""
     run, _ = stopped_run
-    code, out, err = guarded(capsys, "evaluate", [str(run), "--questions", "200", "--no-progress",
+    code, out, err = run_guarded(capsys, "evaluate", [str(run), "--questions", "200", "--no-progress",
                                                   "--max-failures", "30", "--seed", "3"])
     assert code == 0, err
     assert "the right answer and the model's greedy answer" in out
@@ -216,7 +204,7 @@ def test_evaluate_picks_its_default_count_by_device_and_says_so(stopped_run, cap
     assert evaluate.default_questions("cpu") == 100_000 and evaluate.default_questions("cuda") == 1_000_000
     monkeypatch.setattr(evaluate, "default_questions", lambda device: 40 if torch.device(device).type == "cpu" else 0)
     run, _ = stopped_run
-    code, out, err = guarded(capsys, "evaluate", [str(run), "--no-progress", "--overwrite"])
+    code, out, err = run_guarded(capsys, "evaluate", [str(run), "--no-progress", "--overwrite"])
     assert code == 0, err
     assert out.splitlines()[1].startswith("40 questions, the default on a CPU") and ": 40 uniform questions" in out
 
@@ -248,13 +236,13 @@ def test_a_notebook_name_asked_of_batch_meta_points_to_the_notebook_layout():
 
 def test_compare_runs_and_train_sae_also_say_which_run_and_step(stopped_run, tmp_path, capsys):
     run, _ = stopped_run
-    code, out, err = guarded(capsys, "compare_runs", [str(run), "--out", str(tmp_path / "cmp.png"), "--window", "5"])
+    code, out, err = run_guarded(capsys, "compare_runs", [str(run), "--out", str(tmp_path / "cmp.png"), "--window", "5"])
     assert code == 0, err
     assert out.splitlines()[0].startswith(f"run {run} trained to step {STOP_AT} of 30 (stopped at step {STOP_AT}")
     sae = tmp_path / "sae_run"
     import shutil
     shutil.copytree(run, sae)
-    code, out, err = guarded(capsys, "train_sae", [str(sae), "--d-sae", "8", "--n-batches", "1", "--eval-batches", "1",
+    code, out, err = run_guarded(capsys, "train_sae", [str(sae), "--d-sae", "8", "--n-batches", "1", "--eval-batches", "1",
                                                    "--epochs", "1", "--batch-size", "8", "--no-progress"])
     assert code == 0, err
     assert out.splitlines()[0].startswith(f"run {sae} at step {STOP_AT} of 30 (stopped at step {STOP_AT}")
