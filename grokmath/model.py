@@ -53,7 +53,9 @@ class Embed(nn.Module):
         self.W_E = _randn(gen, cfg.d_vocab, cfg.d_model, fan=cfg.d_model)  # [d_vocab, d_model]
 
     def forward(self, tokens):
-        return self.W_E[tokens]  # [batch, pos, d_model]
+        # F.embedding, not W_E[tokens]: indexing's backward (index_put_ with accumulate) adds rows in a
+        # thread-dependent order on a CPU, so two identical runs would differ in the last bits
+        return F.embedding(tokens, self.W_E)  # [batch, pos, d_model]
 
 
 class PosEmbed(nn.Module):
@@ -77,7 +79,7 @@ class PosEmbed(nn.Module):
         # TransformerLens's padding: positions count attended tokens only (a left-padded prompt
         # starts at position 0), and padding tokens get no positional embedding
         position = (attention_mask.cumsum(dim=1) - 1).clamp_min(0)  # [batch, pos]
-        return torch.where(attention_mask[..., None].bool(), self.W_pos[position], 0.0)
+        return torch.where(attention_mask[..., None].bool(), F.embedding(position, self.W_pos), 0.0)
 
 
 class LayerNorm(nn.Module):
