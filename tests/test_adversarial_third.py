@@ -24,18 +24,11 @@ from grokmath.checkpoint import REPLACED, REPLACING, RunDir, load_latest_states,
 from grokmath.memory import format_bytes
 
 from script_helpers import load_script, run_guarded
-from test_adversarial import TINY, TINY_MODULAR, copy_run, expect_error, user_files
+from test_adversarial import TINY, base_runs, copy_run, expect_error, user_files  # noqa: F401 (base_runs: a fixture)
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def base_runs(tmp_path_factory):
-    """A finished tiny addition run ("add") and a tiny modular run ("mod"), copied by each test."""
-    out = tmp_path_factory.mktemp("base3")
-    load_script("train_addition").main([*TINY, "--out", str(out), "--run-name", "add"])
-    load_script("train_modular").main([*TINY_MODULAR, "--out", str(out), "--run-name", "mod"])
-    return out
 
 
 class Killed(BaseException):
