@@ -412,7 +412,29 @@ def _warn(message: str) -> None:
     print(message, file=sys.stderr)
 
 
+_IMPORTING = {"signum": None}  # a signal that came while a module was importing: raised just after
+
+
+def _importing(frame) -> bool:
+    """Is the interrupted code inside an import? An exception raised there can reach C++ code that
+    torch's import calls back from, which aborts the process (SIGABRT) instead of unwinding."""
+    while frame is not None:
+        if frame.f_code.co_filename.startswith("<frozen importlib"):
+            return True
+        frame = frame.f_back
+    return False
+
+
 def _raise_signal_outside_loop(signum, frame):
+    if signum == signal.SIGALRM:  # the re-check of a signal held back during an import
+        signum = _IMPORTING["signum"]
+        if signum is None:
+            return
+    if _importing(frame):  # hold it until the import is done: look again in 20 ms
+        _IMPORTING["signum"] = _IMPORTING["signum"] or signum
+        signal.setitimer(signal.ITIMER_REAL, 0.02)
+        return
+    _IMPORTING["signum"] = None
     if not defer_signal(signum):  # a run folder's files being moved: raised once the move is done
         raise SignalOutsideLoop(signum)
 
@@ -421,13 +443,15 @@ def main_guard(main, argv=None) -> None:
     """Run main(argv) and turn a user's mistake into one line on stderr and exit status 2. From its
     first line on, SIGTERM and SIGINT raise SignalOutsideLoop (the training loop installs its own
     handler, which saves a checkpoint first): a signal at any moment gives one line saying what was
-    kept and exit status 128 + the signal's number."""
+    kept and exit status 128 + the signal's number. A signal that comes during an import is raised
+    as soon as the import is done (SIGALRM looks again every 20 ms)."""
     prog = Path(sys.argv[0]).name
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # torchrun: each rank speaks for itself
         prog += f" (rank {os.environ.get('RANK', '?')})"
     debug = os.environ.get("GROKMATH_DEBUG")
-    handled = (signal.SIGINT, signal.SIGTERM)
+    handled = (signal.SIGINT, signal.SIGTERM, signal.SIGALRM)
     main_thread = threading.current_thread() is threading.main_thread()
+    _IMPORTING["signum"] = None
     previous = {sig: signal.signal(sig, _raise_signal_outside_loop) for sig in handled} if main_thread else {}
     try:
         main(argv)
@@ -456,5 +480,7 @@ def main_guard(main, argv=None) -> None:
               "--batch-size or the model's size", file=sys.stderr)
         sys.exit(EXIT_USAGE)
     finally:
+        if main_thread:
+            signal.setitimer(signal.ITIMER_REAL, 0)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
