@@ -27,7 +27,7 @@ from dataclasses import fields
 from pathlib import Path
 
 from .config import TrainConfig, is_whole, model_config_for
-from .errors import NonFiniteLoss, SignalOutsideLoop, TrainingInterrupted, defer_signal
+from .errors import NonFiniteLoss, SignalOutsideLoop, TrainingInterrupted, defer_signal, note_signal, received_signal
 
 # torch, pandas and the rest of grokmath are imported inside the functions that use them, so that a
 # script reaches main_guard (its signal handler and one-line errors) before those slow imports
@@ -435,6 +435,7 @@ def _raise_signal_outside_loop(signum, frame):
         signal.setitimer(signal.ITIMER_REAL, 0.02)
         return
     _IMPORTING["signum"] = None
+    note_signal(signum)
     if not defer_signal(signum):  # a run folder's files being moved: raised once the move is done
         raise SignalOutsideLoop(signum)
 
@@ -452,9 +453,12 @@ def main_guard(main, argv=None) -> None:
     handled = (signal.SIGINT, signal.SIGTERM, signal.SIGALRM)
     main_thread = threading.current_thread() is threading.main_thread()
     _IMPORTING["signum"] = None
+    note_signal(None)
     previous = {sig: signal.signal(sig, _raise_signal_outside_loop) for sig in handled} if main_thread else {}
     try:
         main(argv)
+        if received_signal() is not None:  # swallowed on the way (after the loop: the work is complete)
+            raise SignalOutsideLoop(received_signal())
     except TrainingInterrupted as e:
         resume = ""
         if getattr(e, "run_dir", None):
@@ -480,6 +484,7 @@ def main_guard(main, argv=None) -> None:
               "--batch-size or the model's size", file=sys.stderr)
         sys.exit(EXIT_USAGE)
     finally:
+        note_signal(None)
         if main_thread:
             signal.setitimer(signal.ITIMER_REAL, 0)
         for sig, handler in previous.items():

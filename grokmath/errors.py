@@ -38,6 +38,20 @@ class SignalOutsideLoop(TrainingInterrupted):
                          "nothing is half-written: run the same command again", signum)
 
 
+_RECEIVED = {"signum": None}  # main_guard's last signal, kept even where an `except` swallowed its exception
+
+
+def note_signal(signum: int | None) -> None:
+    """main_guard's handler records each signal it raises (None: forget, at a script's start)."""
+    _RECEIVED["signum"] = signum
+
+
+def received_signal() -> int | None:
+    """A signal main_guard raised that never reached it: code that catches every Exception (a finaliser,
+    a library's fallback) can swallow it, so the loop reads this before its first step and stops there."""
+    return _RECEIVED["signum"]
+
+
 _DEFERRED = {"depth": 0, "signum": None}  # signals_deferred: how deep, and a signal that came meanwhile
 
 

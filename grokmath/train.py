@@ -53,7 +53,7 @@ from .announce import StepTimer, run_header
 from .capture import CUDAGraphCapture, StaticStep, choose_step_path, eager_filter, static_filter
 from .checkpoint import RunDir, atomic_write_json, load_latest_states, load_state_dict_checked
 from .config import ModelConfig, TrainConfig
-from .errors import NonFiniteLoss, TrainingInterrupted, TrainingStopped  # noqa: F401 (also grokmath.train's)
+from .errors import NonFiniteLoss, TrainingInterrupted, TrainingStopped, received_signal  # noqa: F401 (also grokmath.train's)
 from .losses import masked_mean, pred_log_probs, score_sums
 from .metrics import MetricsLog, metric_columns, metric_row, summarize
 from .multiseed import StackedModels
@@ -173,7 +173,7 @@ def probe_batch(task, cfg: TrainConfig):
 def stop_on_signals(enabled: bool = True):
     """While active, SIGINT/SIGTERM only set flag['signum']; the loop stops at the next step.
     A second SIGINT interrupts at once."""
-    flag = {"signum": None}
+    flag = {"signum": received_signal()}  # one that came before the loop, its exception swallowed
     if not enabled or threading.current_thread() is not threading.main_thread():
         yield flag
         return
