@@ -26,6 +26,21 @@ def start(script, args, *launcher):
     return subprocess.Popen(command or [sys.executable], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
+def wait_for_handler(proc, signum, timeout=60.0):
+    """Wait until the process catches `signum` (its bit in /proc/PID/status SigCgt): a fixed sleep
+    is too short on a loaded machine, where the signal would kill Python before main_guard runs."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        assert proc.poll() is None, f"the script ended before it could be stopped: {proc.communicate()}"
+        caught = next(line for line in Path(f"/proc/{proc.pid}/status").read_text().splitlines()
+                      if line.startswith("SigCgt:"))
+        if int(caught.split()[1], 16) >> (signum - 1) & 1:
+            return
+        time.sleep(0.01)
+    proc.kill()
+    raise AssertionError(f"the script did not install its {signal.Signals(signum).name} handler")
+
+
 def wait_for_states(proc, runs, timeout=120.0):
     """Wait until every run folder has a resumable state after step 0."""
     deadline = time.time() + timeout
@@ -99,7 +114,7 @@ def test_a_writer_killed_with_sigkill_leaves_no_stuck_lock(capsys, tmp_path):
 def test_sigterm_while_a_script_starts_is_one_line_not_a_silent_exit(tmp_path):
     """Before the loop's own handler (imports, building the model, making the folder): main_guard's."""
     proc = start("train_addition", [*LONG, "--out", str(tmp_path), "--run-name", "early"], sys.executable)
-    time.sleep(0.6)  # past main_guard's first line (~0.1 s), most likely still importing torch
+    wait_for_handler(proc, signal.SIGTERM)  # main_guard's first line (~0.1 s): most likely still importing torch
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 128 + signal.SIGTERM
