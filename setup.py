@@ -11,9 +11,10 @@ setup(
     # torch is pinned by the install command in the README (CPU build); any recent torch works.
     # safetensors: small, no dependencies of its own; SAE folders and model exports are written in it (README)
     install_requires=["torch>=2.1", "einops", "numpy", "matplotlib", "pandas", "tqdm", "safetensors"],
-    # optional: dev runs the tests, which execute the notebooks (nbclient, nbformat, ipykernel) and their
-    # interactive figures (plotly); notebooks is for people who open them (README: Notebooks)
-    extras_require={"dev": ["pytest", "nbformat", "nbclient", "ipykernel", "plotly"],
+    # optional: dev runs the tests, on every core (pytest-xdist: the suite is CPU-bound and single-threaded
+    # per test), which execute the notebooks (nbclient, nbformat, ipykernel) and their interactive
+    # figures (plotly); notebooks is for people who open them (README: Notebooks)
+    extras_require={"dev": ["pytest", "pytest-xdist", "nbformat", "nbclient", "ipykernel", "plotly"],
                     "notebooks": ["plotly", "jupyterlab", "ipywidgets"],
                     # sweeps on a Ray cluster (scripts/sweep.py --ray); --tensorboard and --wandb tracking
                     "ray": ["ray"], "tensorboard": ["tensorboard"], "wandb": ["wandb"],
