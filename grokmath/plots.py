@@ -28,7 +28,8 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.ticker import FuncFormatter, NullFormatter  # noqa: E402
 
-from .checkpoint import RunDir, _atomic_write, atomic_write_text  # noqa: E402
+from .checkpoint import RunDir  # noqa: E402
+from .files import atomic_write, atomic_write_text  # noqa: E402
 from .metrics import phase_change_steps  # noqa: E402
 from .tasks import make_task  # noqa: E402
 
@@ -39,7 +40,7 @@ def save_figure(fig, path) -> Path:
     """Write the figure as PNG via a temporary file, and close it."""
     path = Path(path)
     try:
-        _atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110, bbox_inches="tight"))
+        atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110, bbox_inches="tight"))
     finally:
         plt.close(fig)
     return path
