@@ -13,7 +13,6 @@ so each digit's drop reads at a glance; log axes are labelled 0.01, 0.1, 1, 2, n
 """
 from __future__ import annotations
 
-import math
 import os
 import sys
 from pathlib import Path
@@ -258,16 +257,8 @@ def _titles(config: dict) -> tuple[str, str]:
 
 
 def reference_losses(task) -> dict:
-    """Reference loss levels for a task: `task.reference_losses()` where it has one. For induction:
-    guessing uniformly among the vocab_size - 1 noise tokens (the notebook's uniform loss, 4.844),
-    and 0, the optimum on the scored tokens, which are all predictable from the first copy. (The
-    notebook's 'optimal loss' 3.114 averages over every position, which the loss does not.)"""
-    method = getattr(task, "reference_losses", None)
-    if callable(method):
-        return dict(method())
-    if task.name == "induction":
-        return {"uniform, ln(vocab_size - 1)": math.log(task.vocab_size - 1), "optimal": 0.0}
-    return {}
+    """Reference loss levels for a task (`task.reference_losses()`, e.g. induction's uniform guess)."""
+    return dict(task.reference_losses())
 
 
 def plot_run(run_dir) -> list[Path]:

@@ -89,6 +89,35 @@ def add_digits(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict[str
     return digits, meta
 
 
+def enrich_digits(x, y, add, sub, per_batch: bool, generator):
+    """The arithmetic notebook's enrichment of digits x, y [batch, n] (units first) of the questions
+    that are additions (`add` [batch] bool) or subtractions (`sub`); tasks/arithmetic.py says the rule."""
+    batch, n = x.shape
+    device = x.device
+    draws = 1 if per_batch else batch
+    case = torch.randint(1, 6, (draws,), generator=generator, device=device).expand(batch)
+    side = torch.randint(1, 3, (draws,), generator=generator, device=device).expand(batch)
+    if per_batch:  # exactly 40% of the batch's digit pairs, as the notebook
+        chosen = torch.zeros(batch * n, dtype=torch.bool, device=device)
+        chosen[torch.randperm(batch * n, generator=generator, device=device)[:int(0.4 * batch * n)]] = True
+        chosen = chosen.view(batch, n)
+    else:
+        chosen = torch.rand(batch, n, generator=generator, device=device) < 0.4
+    enriched = case <= 3
+    first, second = (side == 1)[:, None], (side == 2)[:, None]
+    # addition: digit pairs that sum to 9 make carry cascades (S2, S3, ...) common
+    change = chosen & (enriched & add)[:, None]
+    x = torch.where(change & first, 9 - y, x)
+    y = torch.where(change & second, 9 - x, y)
+    # subtraction: a larger y gives more negative answers; equal digits make borrow cascades
+    subtract = (enriched & sub)[:, None]
+    y = y + (subtract & (case == 1)[:, None] & (y < 9)).long()
+    change = chosen & subtract
+    x = torch.where(change & first, y, x)
+    y = torch.where(change & second, x, y)
+    return x, y
+
+
 def check_layout(tokens: torch.Tensor, allowed: list[torch.Tensor], example: str) -> None:
     """Each token must be one `allowed[pos]` permits ([vocab] bool); tokens may stop early."""
     if tokens.shape[1] > len(allowed):
@@ -173,6 +202,11 @@ class AdditionTask(Task):
         y = torch.randint(0, 10, shape, generator=generator, device=device)
         return x, y
 
+    def question_sampler(self, enrich: bool | None = None):
+        """This task, or with enrich=True its questions enriched as the arithmetic notebook enriches
+        additions (EnrichedAddition): the hard cases, long carry cascades."""
+        return EnrichedAddition(self) if enrich else self
+
     def from_digits(self, x: torch.Tensor, y: torch.Tensor) -> Batch:
         """The batch for place-order digits x, y [batch, n_digits] (units first)."""
         digits, meta = add_digits(x, y)
@@ -235,3 +269,17 @@ class AdditionTask(Task):
 
     def decode(self, tokens: torch.Tensor) -> list[str]:
         return decode_tokens(tokens, self.token_names)
+
+
+class EnrichedAddition:
+    """Addition questions with the arithmetic notebook's enrichment of addition digits: 3 questions
+    in 5 have 40% of their digit pairs made to sum to 9, so carries cascade far more often."""
+
+    def __init__(self, task: AdditionTask):
+        self.task = task
+
+    def sample(self, batch_size: int, generator: torch.Generator) -> Batch:
+        x, y = self.task.draw(batch_size, generator)  # units first
+        add = torch.ones(batch_size, dtype=torch.bool, device=x.device)  # every question is an addition
+        x, y = enrich_digits(x, y, add, ~add, per_batch=False, generator=generator)
+        return self.task.from_digits(x, y)

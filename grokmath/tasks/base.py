@@ -67,6 +67,27 @@ class Task:
     # sample(n, gen) == from_digits(*draw(n, gen)); the captured training step draws on the host and
     # builds the batch on the device (grokmath.capture).
 
+    def question_sampler(self, enrich: bool | None = None):
+        """What analyses draw questions from (anything with `sample(batch_size, generator)`).
+
+        enrich: None draws from the task's own (training) distribution, enriched if the task
+        enriches; False draws uniformly random questions (never enriched: what accuracy in nines is
+        counted on); True draws from the enriched distribution (the hard cases: long carry and
+        borrow cascades), which only addition and arithmetic have. Here: the task itself.
+        """
+        if enrich:
+            raise ValueError(f"enriched questions exist for the addition and arithmetic tasks, not {self.name!r}")
+        return self
+
+    def full_data_sizes(self) -> tuple[int, int]:
+        """(training set size, training + test set size) of the 'full' data regime; (1, 1) where a
+        task has no finite set of questions to split."""
+        return 1, 1
+
+    def reference_losses(self) -> dict[str, float]:
+        """Named loss levels drawn as horizontal lines on the loss plots; {} where a task has none."""
+        return {}
+
     def pred_pos_on(self, device) -> torch.Tensor:
         """pred_pos on `device`, copied there once (not a host-to-device copy for every batch)."""
         cache = self.__dict__.setdefault("_pred_pos_on", {})

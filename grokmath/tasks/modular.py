@@ -58,6 +58,11 @@ class ModularTask(Task):
             table_generator = torch.Generator().manual_seed(self.rand_seed)
             self.table = torch.randint(0, self.p, (self.p, self.p), generator=table_generator)  # [a, b]
 
+    def full_data_sizes(self) -> tuple[int, int]:
+        """Every pair (a, b), split by frac_train."""
+        total = self.p * self.p
+        return max(1, int(self.frac_train * total)), total
+
     def options(self) -> dict:
         return {"p": self.p, "op": self.op, "frac_train": self.frac_train, "rand_seed": self.rand_seed}
 
