@@ -34,6 +34,7 @@ import torch
 
 from .base import (Batch, Task, check_generator, check_int, decode_tokens, encode_strings,
                    unique_split)
+from .fourier_bases import digit_fourier_basis
 
 PLUS, EQUALS = 10, 11
 MAX_DIGITS = 40  # digit-wise sums are exact at any length; the cap only keeps n_ctx sensible
@@ -115,6 +116,22 @@ def enrich_digits(x, y, add, sub, per_batch: bool, generator):
     change = chosen & subtract
     x = torch.where(change & first, y, x)
     y = torch.where(change & second, x, y)
+    return x, y
+
+
+def digit_grid(n_digits: int, place: int, n_samples: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Digits x, y [100 * n_samples, n_digits] (units first): every pair of digits (a, b) of `place`,
+    a-major, each with the same `n_samples` random draws of the other digits (row = pair * n_samples + sample)."""
+    if not 0 <= place < n_digits:
+        raise ValueError(f"place must be in 0..{n_digits - 1} (0 = units), got {place}")
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randint(0, 10, (n_samples, n_digits), generator=gen)
+    y = torch.randint(0, 10, (n_samples, n_digits), generator=gen)
+    a, b = torch.arange(10).repeat_interleave(10), torch.arange(10).repeat(10)  # [100] a-major
+    x = x.repeat(100, 1)
+    y = y.repeat(100, 1)
+    x[:, place] = a.repeat_interleave(n_samples)
+    y[:, place] = b.repeat_interleave(n_samples)
     return x, y
 
 
@@ -206,6 +223,14 @@ class AdditionTask(Task):
         """This task, or with enrich=True its questions enriched as the arithmetic notebook enriches
         additions (EnrichedAddition): the hard cases, long carry cascades."""
         return EnrichedAddition(self) if enrich else self
+
+    def fourier_basis(self) -> tuple[torch.Tensor, list[str]]:
+        return digit_fourier_basis(10)
+
+    def operand_grid(self, place: int = 0, n_samples: int = 32, seed: int = 0, op: str = "add"):
+        """The digits of `place` (0 = units) over every pair (see Task.operand_grid); `op` is always add."""
+        batch = self.from_digits(*digit_grid(self.n_digits, place, n_samples, seed))
+        return batch, int(self.pred_pos[len(self.pred_labels) - 1 - place]), 10
 
     def from_digits(self, x: torch.Tensor, y: torch.Tensor) -> Batch:
         """The batch for place-order digits x, y [batch, n_digits] (units first)."""

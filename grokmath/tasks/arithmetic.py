@@ -33,9 +33,10 @@ import numbers
 
 import torch
 
-from .addition import chain_lengths, check_layout, enrich_digits
+from .addition import chain_lengths, check_layout, digit_grid, enrich_digits
 from .base import (Batch, Task, check_generator, check_int, decode_tokens, encode_strings,
                    unique_split)
+from .fourier_bases import digit_fourier_basis
 
 PLUS, MINUS, EQUALS, MULT, DIV = 10, 11, 12, 13, 14
 OP_TOKENS = {"add": PLUS, "sub": MINUS, "mul": MULT}
@@ -125,6 +126,15 @@ class ArithmeticTask(Task):
         if self.enrich:
             x, y = enrich_digits(x, y, op == PLUS, op == MINUS, per_batch, generator)
         return x, y, op
+
+    def fourier_basis(self) -> tuple[torch.Tensor, list[str]]:
+        return digit_fourier_basis(10)
+
+    def operand_grid(self, place: int = 0, n_samples: int = 32, seed: int = 0, op: str = "add"):
+        """The digits of `place` (0 = units) over every pair with operator `op` (see Task.operand_grid)."""
+        x, y = digit_grid(self.n_digits, place, n_samples, seed)
+        batch = self.from_digits(x, y, torch.full((x.shape[0],), OP_TOKENS[op]))
+        return batch, int(self.pred_pos[len(self.pred_labels) - 1 - place]), 10
 
     def from_digits(self, x: torch.Tensor, y: torch.Tensor, op: torch.Tensor) -> Batch:
         """The batch for place-order digits x, y [batch, n_digits] (units first) and op tokens [batch]."""

@@ -84,6 +84,16 @@ class Task:
         task has no finite set of questions to split."""
         return 1, 1
 
+    def fourier_basis(self) -> tuple[torch.Tensor, list[str]]:
+        """The Fourier basis over the task's number tokens ([n_basis, n], names; tasks/fourier_bases.py)."""
+        raise ValueError(f"no Fourier basis for the {self.name!r} task: use addition, arithmetic or modular")
+
+    def operand_grid(self, place: int = 0, n_samples: int = 32, seed: int = 0, op: str = "add"):
+        """Questions over every pair of operand values (a, b), a-major, each pair `n_samples` times
+        in a row where other digits are drawn at random: (batch, the answer position of `place`, n),
+        n the number of operand values (analysis.fourier.input_grid)."""
+        raise ValueError(f"no operand grid for the {self.name!r} task: use addition, arithmetic or modular")
+
     def reference_losses(self) -> dict[str, float]:
         """Named loss levels drawn as horizontal lines on the loss plots; {} where a task has none."""
         return {}
