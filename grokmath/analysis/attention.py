@@ -13,9 +13,8 @@ from __future__ import annotations
 
 import torch
 
-from grokmath.losses import loss_fn
-from grokmath.memory import attention_bytes, check_fits
-
+from ..losses import loss_fn
+from ..memory import attention_bytes, check_fits
 from .common import model_device
 
 

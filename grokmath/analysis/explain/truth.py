@@ -30,6 +30,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ...tasks.base import Batch
 from ..common import question_sampler
 
 ARITHMETIC = ("addition", "arithmetic")
@@ -143,7 +144,6 @@ def question_set(task, per_class: int, generator: torch.Generator, pool: int | N
     addition; per op for arithmetic), from a pool of uniform questions, then enriched ones where a
     class has too few (long cascades are rare otherwise). Tasks without classes: `per_class` plain questions.
     Returns (Batch, class name per question)."""
-    from grokmath.tasks.base import Batch
     plain = question_sampler(task, enrich=False) if is_arithmetic(task) else task
     if not task.question_classes(plain.sample(1, generator).meta):
         batch = plain.sample(per_class, generator)
