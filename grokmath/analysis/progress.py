@@ -208,8 +208,8 @@ def key_frequencies(model, task, min_explained: float = 0.6, min_share: float = 
 
 
 def _modular_p(task) -> int:
-    if getattr(task, "name", None) != "modular":
-        raise ValueError(f"progress measures are for modular arithmetic runs, not {getattr(task, 'name', task)!r}")
+    if not task.has_progress_measures:
+        raise ValueError(f"progress measures are for modular arithmetic runs, not {task.name!r}")
     if task.op not in ("add", "subtract"):
         raise ValueError(f"progress measures need op 'add' or 'subtract' (the trig directions of a + b or "
                          f"a - b), not {task.op!r}")

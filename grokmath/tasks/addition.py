@@ -135,6 +135,13 @@ def digit_grid(n_digits: int, place: int, n_samples: int, seed: int) -> tuple[to
     return x, y
 
 
+def digit_position_names(n_digits: int, before_answer: list[str]) -> list[str]:
+    """D{n-1} .. D0 OP D'{n-1} .. D'0 = (before_answer) A{n} .. A0: a name per position of a digit task."""
+    first = [f"D{i}" for i in range(n_digits - 1, -1, -1)]
+    second = [f"D'{i}" for i in range(n_digits - 1, -1, -1)]
+    return first + ["OP"] + second + ["="] + before_answer + [f"A{i}" for i in range(n_digits, -1, -1)]
+
+
 def check_layout(tokens: torch.Tensor, allowed: list[torch.Tensor], example: str) -> None:
     """Each token must be one `allowed[pos]` permits ([vocab] bool); tokens may stop early."""
     if tokens.shape[1] > len(allowed):
@@ -218,6 +225,21 @@ class AdditionTask(Task):
         x = torch.randint(0, 10, shape, generator=generator, device=device)
         y = torch.randint(0, 10, shape, generator=generator, device=device)
         return x, y
+
+    has_ground_truth = True
+    truth_ops = ("add",)
+
+    def position_names(self) -> list[str]:
+        """D4 .. D0 OP D'4 .. D'0 = A5 .. A0 for 5-digit addition."""
+        return digit_position_names(self.n_digits, [])
+
+    def op_mask(self, op: str, op_tokens: torch.Tensor) -> torch.Tensor:
+        """The questions [batch] bool that ask `op` (one of truth_ops): every one."""
+        return torch.ones(len(op_tokens), dtype=torch.bool)
+
+    def variable_prefix(self, op: str) -> str:
+        """What the names of `op`'s ground-truth variables start with: nothing, addition has one op."""
+        return ""
 
     def question_sampler(self, enrich: bool | None = None):
         """This task, or with enrich=True its questions enriched as the arithmetic notebook enriches

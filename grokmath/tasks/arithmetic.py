@@ -33,7 +33,7 @@ import numbers
 
 import torch
 
-from .addition import chain_lengths, check_layout, digit_grid, enrich_digits
+from .addition import chain_lengths, check_layout, digit_grid, digit_position_names, enrich_digits
 from .base import (Batch, Task, check_generator, check_int, decode_tokens, encode_strings,
                    unique_split)
 from .fourier_bases import digit_fourier_basis
@@ -96,6 +96,25 @@ class ArithmeticTask(Task):
     def sample(self, batch_size: int, generator: torch.Generator) -> Batch:
         return self._sample(check_int("batch_size", batch_size, 1), check_generator(generator),
                             self.op_per_batch)
+
+    has_ground_truth = True
+
+    @property
+    def truth_ops(self) -> tuple[str, ...]:
+        """The ops in the mix, whose ground-truth variables analysis.explain.truth computes."""
+        return tuple(self.ops)
+
+    def position_names(self) -> list[str]:
+        """D5 .. D0 OP D'5 .. D'0 = sign A6 .. A0 for 6-digit arithmetic."""
+        return digit_position_names(self.n_digits, ["sign"])
+
+    def op_mask(self, op: str, op_tokens: torch.Tensor) -> torch.Tensor:
+        """The questions [batch] bool that ask `op` (one of truth_ops)."""
+        return op_tokens == OP_TOKENS[op]
+
+    def variable_prefix(self, op: str) -> str:
+        """What the names of `op`'s ground-truth variables start with, e.g. 'sub.'."""
+        return f"{op}."
 
     def question_sampler(self, enrich: bool | None = None) -> "ArithmeticTask":
         """This task drawing each question's op on its own (op_per_batch=False), so one large

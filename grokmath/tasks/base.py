@@ -55,6 +55,11 @@ class Task:
     pred_pos: torch.Tensor  # [n_pred] int64, the logit positions that are scored
     pred_labels: list[str]  # [n_pred] a name per scored position, for tables and plots
     token_names: list[str]  # [d_vocab] what each input token means
+    # What the analyses may ask of a task (analysis/explain, analysis/attention, analysis/progress):
+    has_ground_truth = False  # addition, arithmetic: the answer's intermediate variables are known
+    has_repeats = False  # induction: repeated subsequences (meta 'starts'), scored for induction heads
+    has_progress_measures = False  # modular: the progress-measures paper's Fourier measures apply
+    truth_ops: tuple[str, ...] = ()  # the ops whose ground-truth variables are known (op_mask, variable_prefix)
 
     def options(self) -> dict:
         """The keyword options that rebuild this task with make_task(self.name, **options)."""
@@ -66,6 +71,10 @@ class Task:
     # Optional (addition, arithmetic): `draw(batch_size, generator)`, the random part of `sample`, with
     # sample(n, gen) == from_digits(*draw(n, gen)); the captured training step draws on the host and
     # builds the batch on the device (grokmath.capture).
+
+    def position_names(self) -> list[str]:
+        """A name per token position, for tables and plots: here the position numbers."""
+        return [str(p) for p in range(self.n_ctx)]
 
     def question_sampler(self, enrich: bool | None = None):
         """What analyses draw questions from (anything with `sample(batch_size, generator)`).

@@ -46,6 +46,8 @@ class InductionTask(Task):
         self.pred_labels = [f"P{i}" for i in range(self.seq_len - 1)]
         self.token_names = ["BEGIN"] + [str(t) for t in range(1, self.vocab_size)]
 
+    has_repeats = True
+
     def reference_losses(self) -> dict[str, float]:
         """Guessing uniformly among the vocab_size - 1 noise tokens (the notebook's uniform loss,
         4.844), and 0, the optimum on the scored tokens, which are all predictable from the first

@@ -59,6 +59,8 @@ class ModularTask(Task):
             table_generator = torch.Generator().manual_seed(self.rand_seed)
             self.table = torch.randint(0, self.p, (self.p, self.p), generator=table_generator)  # [a, b]
 
+    has_progress_measures = True
+
     def fourier_basis(self) -> tuple[torch.Tensor, list[str]]:
         return modular_fourier_basis(self.p)
 

@@ -101,7 +101,7 @@ def explain(model, task, out_dir, per_class: int = 200, probe_questions: int = 2
 
 
 def _prefix(task) -> str:
-    return "" if task.name == "addition" else "add."
+    return task.variable_prefix("add")
 
 
 def propose(task, table: pd.DataFrame, failed: torch.Tensor, batch, truth, model) -> list[str]:
