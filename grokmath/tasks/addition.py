@@ -228,6 +228,10 @@ class AdditionTask(Task):
 
     has_ground_truth = True
     truth_ops = ("add",)
+    position_word = "digit"
+
+    def title(self) -> str:
+        return f"{self.n_digits} digit addition"
 
     def position_names(self) -> list[str]:
         """D4 .. D0 OP D'4 .. D'0 = A5 .. A0 for 5-digit addition."""

@@ -98,6 +98,10 @@ class ArithmeticTask(Task):
                             self.op_per_batch)
 
     has_ground_truth = True
+    position_word = "digit"
+
+    def title(self) -> str:
+        return f"{self.n_digits} digit arithmetic"
 
     @property
     def truth_ops(self) -> tuple[str, ...]:

@@ -59,6 +59,7 @@ class Task:
     has_ground_truth = False  # addition, arithmetic: the answer's intermediate variables are known
     has_repeats = False  # induction: repeated subsequences (meta 'starts'), scored for induction heads
     has_progress_measures = False  # modular: the progress-measures paper's Fourier measures apply
+    position_word = "position"  # what plots call a scored position ('digit' in the digit tasks)
     truth_ops: tuple[str, ...] = ()  # the ops whose ground-truth variables are known (op_mask, variable_prefix)
 
     def options(self) -> dict:
@@ -71,6 +72,10 @@ class Task:
     # Optional (addition, arithmetic): `draw(batch_size, generator)`, the random part of `sample`, with
     # sample(n, gen) == from_digits(*draw(n, gen)); the captured training step draws on the host and
     # builds the batch on the device (grokmath.capture).
+
+    def title(self) -> str:
+        """The task in a plot title, e.g. '5 digit addition'."""
+        return self.name.replace("_", " ")
 
     def position_names(self) -> list[str]:
         """A name per token position, for tables and plots: here the position numbers."""

@@ -61,6 +61,9 @@ class ModularTask(Task):
 
     has_progress_measures = True
 
+    def title(self) -> str:
+        return f"modular {self.op} mod {self.p}"
+
     def fourier_basis(self) -> tuple[torch.Tensor, list[str]]:
         return modular_fourier_basis(self.p)
 
