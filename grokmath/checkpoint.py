@@ -48,8 +48,8 @@ import torch
 
 from .config import ModelConfig, TrainConfig
 from .errors import signals_deferred
-from .files import (_UMASK, CheckpointError, UnsafeCheckpoint, _atomic_write, _is_tmp,  # noqa: F401 (re-exported)
-                    atomic_copy, atomic_torch_save, atomic_write_json, atomic_write_text, refuse_existing, safe_load)
+from .files import (_UMASK, CheckpointError, UnsafeCheckpoint, _is_tmp, atomic_copy,  # noqa: F401 (re-exported)
+                    atomic_torch_save, atomic_write, atomic_write_json, atomic_write_text, refuse_existing, safe_load)
 from .memory import FLOAT, check_fits, n_params
 from .model import Transformer
 from .tasks import make_task

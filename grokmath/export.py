@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from .files import _atomic_write
+from .files import atomic_write
 
 LAYOUTS = ("grokmath", "tlens")
 
@@ -31,7 +31,7 @@ def _safetensors_torch():
 def atomic_save_safetensors(tensors: dict, path, metadata: dict | None = None) -> None:
     """safetensors.torch.save, written whole or not at all."""
     data = _safetensors_torch().save({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, metadata)
-    _atomic_write(Path(path), lambda f: f.write(data))
+    atomic_write(Path(path), lambda f: f.write(data))
 
 
 def load_safetensors(path) -> dict:

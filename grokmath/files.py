@@ -96,7 +96,7 @@ def _remove_stale_tmp(path: Path) -> None:
                     pass
 
 
-def _atomic_write(path: Path, write) -> None:
+def atomic_write(path: Path, write) -> None:
     """Call write(file) on a temporary file beside `path` (opened for writing and reading), then
     rename it over `path`."""
     path = Path(path)
@@ -155,7 +155,7 @@ def _save_with_checksum(obj, f) -> None:
 
 def atomic_torch_save(obj, path) -> None:
     """torch.save, atomically, with a checksum of the file's bytes (checked by safe_load)."""
-    _atomic_write(path, lambda f: _save_with_checksum(obj, f))
+    atomic_write(path, lambda f: _save_with_checksum(obj, f))
 
 
 def _damaged(path, why: str) -> CheckpointError:
@@ -194,7 +194,7 @@ def _zip_crcs_hold(path: Path) -> bool:
 
 
 def atomic_write_text(path, text: str) -> None:
-    _atomic_write(path, lambda f: f.write(text.encode()))
+    atomic_write(path, lambda f: f.write(text.encode()))
 
 
 def atomic_copy(source, path) -> None:
@@ -203,7 +203,7 @@ def atomic_copy(source, path) -> None:
         with open(source, "rb") as original:
             shutil.copyfileobj(original, f)
 
-    _atomic_write(path, write)
+    atomic_write(path, write)
 
 
 def atomic_write_json(path, obj) -> None:

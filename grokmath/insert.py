@@ -211,16 +211,12 @@ class Inserter:
             copy_heads(self.small, self.large, self.layers)
             copy_mlps(self.small, self.large, self.layers)
 
-    def after_step(self, step: int, model=None) -> bool:
+    def after_step(self, step: int) -> bool:
         """Call after the optimizer step of `step`; restores (and returns True) when it is due."""
         if self.mode >= 2 and step % self.every == 0:
             self.restore()
             return True
         return False
-
-    def to(self, device) -> "Inserter":
-        self.small.to(device)
-        return self
 
     def describe(self) -> dict:
         """The settings, for a run's config.json: `inserter_from_run(large, **settings)` rebuilds it."""

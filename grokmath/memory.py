@@ -190,10 +190,7 @@ def _data_sizes(task, train_cfg) -> tuple[int, int]:
     """(training set size, training + test set size) of a 'finite' or 'full' regime."""
     if train_cfg.data == "finite":
         return train_cfg.n_train, train_cfg.n_train + (train_cfg.n_test or train_cfg.n_train)
-    if hasattr(task, "p"):  # modular arithmetic: every pair, split by frac_train
-        total = task.p * task.p
-        return max(1, int(task.frac_train * total)), total
-    return 1, 1
+    return task.full_data_sizes()
 
 
 def ablation_bytes(cfg, questions: int, variants: int) -> int:

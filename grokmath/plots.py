@@ -13,7 +13,6 @@ so each digit's drop reads at a glance; log axes are labelled 0.01, 0.1, 1, 2, n
 """
 from __future__ import annotations
 
-import math
 import os
 import sys
 from pathlib import Path
@@ -28,9 +27,9 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.ticker import FuncFormatter, NullFormatter  # noqa: E402
 
-from .checkpoint import RunDir, _atomic_write, atomic_write_text  # noqa: E402
+from .checkpoint import RunDir  # noqa: E402
+from .files import atomic_write, atomic_write_text  # noqa: E402
 from .metrics import phase_change_steps  # noqa: E402
-from .tasks import make_task  # noqa: E402
 
 PHASE_CHANGE = 0.1  # the loss whose first crossing marks a position's phase change (the README's table)
 
@@ -39,7 +38,7 @@ def save_figure(fig, path) -> Path:
     """Write the figure as PNG via a temporary file, and close it."""
     path = Path(path)
     try:
-        _atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110, bbox_inches="tight"))
+        atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110, bbox_inches="tight"))
     finally:
         plt.close(fig)
     return path
@@ -241,46 +240,29 @@ def plot_compare(curves: dict, path, window: int = 100, first_steps: int | None 
 
 # ---- a whole run -------------------------------------------------------------------------------
 
-def _titles(config: dict) -> tuple[str, str]:
-    """(subject, regime) for titles, e.g. ('5 digit addition', 'Infinite Data')."""
-    task = config["task"]
-    name = task["name"]
-    regime = {"infinite": "Infinite Data", "finite": "Finite Data", "full": "Full Batch"}.get(
+def _regime(config: dict) -> str:
+    """The data regime for titles, e.g. 'Infinite Data'."""
+    return {"infinite": "Infinite Data", "finite": "Finite Data", "full": "Full Batch"}.get(
         config["train"].get("data"), "")
-    if name == "addition":
-        return f"{task.get('n_digits')} digit addition", regime
-    if name == "arithmetic":
-        return f"{task.get('n_digits', '')} digit arithmetic".strip(), regime
-    if name == "modular":
-        return f"modular {task.get('op', 'add')} mod {task.get('p')}", regime
-    return name.replace("_", " "), regime
 
 
 def reference_losses(task) -> dict:
-    """Reference loss levels for a task: `task.reference_losses()` where it has one. For induction:
-    guessing uniformly among the vocab_size - 1 noise tokens (the notebook's uniform loss, 4.844),
-    and 0, the optimum on the scored tokens, which are all predictable from the first copy. (The
-    notebook's 'optimal loss' 3.114 averages over every position, which the loss does not.)"""
-    method = getattr(task, "reference_losses", None)
-    if callable(method):
-        return dict(method())
-    if task.name == "induction":
-        return {"uniform, ln(vocab_size - 1)": math.log(task.vocab_size - 1), "optimal": 0.0}
-    return {}
+    """Reference loss levels for a task (`task.reference_losses()`, e.g. induction's uniform guess)."""
+    return dict(task.reference_losses())
 
 
 def plot_run(run_dir) -> list[Path]:
     """Draw every plot that fits the run in `run_dir` from its metrics.csv and config.json."""
     run = RunDir(run_dir)
     config = run.read_config()
-    run.configs(config)  # a damaged config.json is named here, not met halfway through a plot
+    _, _, task = run.configs(config)  # a damaged config.json is named here, not met halfway through a plot
     metrics = run.read_metrics()
     if metrics.empty:
         raise ValueError(f"{run.metrics_path} has no rows yet: train the run first")
-    subject, regime = _titles(config)
+    subject, regime = task.title(), _regime(config)
     suffix = f" ({regime})" if regime else ""
     paths = []
-    position_word = "digit" if config["task"]["name"] in ("addition", "arithmetic") else "position"
+    position_word = task.position_word
     if 1 < len(_columns(metrics, "loss_")) <= 16:  # one line per position; induction's 84 would be noise
         paths.append(plot_position_losses(metrics, run.path / "per_position_loss.png",
                                           f"Per-{position_word} Loss Curves for {subject}{suffix}"))
@@ -293,11 +275,7 @@ def plot_run(run_dir) -> list[Path]:
                                  position_word=position_word))
     if _columns(metrics, "case_"):
         paths.append(plot_cases(metrics, run.path / "case_loss.png", f"Per-case Loss Curves for {subject}{suffix}"))
-    try:
-        task = make_task(config["task"]["name"], **{k: v for k, v in config["task"].items() if k != "name"})
-        references = reference_losses(task)
-    except ValueError:
-        references = {}
+    references = reference_losses(task)
     if references:
         paths.append(plot_with_references(metrics, run.path / "loss_references.png", references,
                                           f"Loss for {subject}{suffix}"))

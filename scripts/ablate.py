@@ -44,12 +44,12 @@ def main(argv=None):
 
     from grokmath.analysis import ablation
     from grokmath.analysis.common import question_sampler
-    from grokmath.checkpoint import atomic_write_text, load_run, refuse_existing
+    from grokmath.analysis.opening import open_run
+    from grokmath.checkpoint import atomic_write_text, refuse_existing
     from grokmath.train import resolve_device
 
     device = resolve_device(args.device)
-    run = load_run(args.run_dir, step=args.checkpoint, device=device)
-    print(run.describe(), flush=True)
+    run = open_run(args.run_dir, step=args.checkpoint, device=device)
     stem = run.path / "analysis" / f"ablation_{args.kind}_step{run.step:06d}"
     outputs = [stem.with_suffix(".csv"), Path(f"{stem}_heads.png")] + \
         ([Path(f"{stem}_positions.png")] if args.per_position else [])

@@ -38,10 +38,10 @@ def main(argv=None):
 
     from grokmath.analysis.attention import plot_attention_grid
     from grokmath.analysis.common import question_sampler
-    from grokmath.checkpoint import load_run, refuse_existing
+    from grokmath.analysis.opening import open_run
+    from grokmath.checkpoint import refuse_existing
 
-    run = load_run(args.run_dir, step=args.checkpoint)
-    print(run.describe(), flush=True)
+    run = open_run(args.run_dir, step=args.checkpoint)
     task = run.task
     if args.text:
         tokens = [task.encode([text])[0] for text in args.text]  # each its own length, drawn alone

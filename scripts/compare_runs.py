@@ -38,11 +38,12 @@ def build_parser():
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    from grokmath.checkpoint import load_run, refuse_existing
+    from grokmath.analysis.opening import open_run
+    from grokmath.checkpoint import refuse_existing
     from grokmath.plots import write_compare
 
     for run_dir in args.run_dirs:
-        print(load_run(run_dir, load_model=False).describe(), flush=True)
+        open_run(run_dir, load_model=False)
     out = Path(args.out)
     refuse_existing([out.with_suffix(".png"), out.with_suffix(".csv")], args.overwrite,
                     "pass --overwrite to replace it, or choose another --out")

@@ -47,12 +47,12 @@ def build_parser():
 def main(argv=None):
     args = build_parser().parse_args(argv)
     from grokmath.analysis.evaluate import default_questions, evaluate, format_report
-    from grokmath.checkpoint import atomic_write_json, load_run, refuse_existing
+    from grokmath.analysis.opening import open_run
+    from grokmath.checkpoint import atomic_write_json, refuse_existing
     from grokmath.train import resolve_device
 
     device = resolve_device(args.device)
-    run = load_run(args.run_dir, step=args.checkpoint, device=device)
-    print(run.describe(), flush=True)
+    run = open_run(args.run_dir, step=args.checkpoint, device=device)
     n_questions = args.questions or default_questions(device)
     if args.questions is None:
         print(f"{n_questions:,} questions, the default on a {device.type.upper()} (--questions N for more or "

@@ -43,11 +43,10 @@ def build_parser():
 def main(argv=None):
     args = build_parser().parse_args(argv)
     from grokmath.analysis.explain.report import explain_run
-    from grokmath.checkpoint import load_run
+    from grokmath.analysis.opening import open_run
     from grokmath.train import resolve_device
 
-    run = load_run(args.run_dir, step=args.checkpoint, device=resolve_device(args.device))
-    print(run.describe(), flush=True)
+    run = open_run(args.run_dir, step=args.checkpoint, device=resolve_device(args.device))
     result = explain_run(run, overwrite=args.overwrite, kind=args.kind, seed=args.seed, progress=not args.no_progress,
                          per_class=args.per_class, probe_questions=args.probe_questions)
     for path in result["paths"].values():

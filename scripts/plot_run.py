@@ -22,10 +22,10 @@ def build_parser():
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    from grokmath.checkpoint import load_run
+    from grokmath.analysis.opening import open_run
     from grokmath.plots import plot_run
 
-    print(load_run(args.run_dir, load_model=False).describe(), flush=True)
+    open_run(args.run_dir, load_model=False)
     for path in plot_run(args.run_dir):
         print(path)
 

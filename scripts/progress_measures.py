@@ -50,11 +50,10 @@ def main(argv=None):
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     args = parser.parse_args(argv)
 
+    from grokmath.analysis.opening import open_run
     from grokmath.analysis.progress import write_progress
-    from grokmath.checkpoint import load_run
 
-    print(load_run(args.run_dir, load_model=False).describe(), flush=True)
-
+    open_run(args.run_dir, load_model=False)
     result = write_progress(args.run_dir, every=args.every, key_freqs=args.key_freqs, progress=not args.no_progress,
                             train_threshold=args.train_threshold, test_threshold=args.test_threshold,
                             cleanup_fraction=args.cleanup_fraction)

@@ -65,13 +65,12 @@ def main(argv=None):
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     args = parser.parse_args(argv)
 
+    from grokmath.analysis.opening import open_run
     from grokmath.analysis.sae import SAEConfig
     from grokmath.analysis.sae_run import train_sae_on_run
-    from grokmath.checkpoint import load_run
     from grokmath.train import resolve_device
 
-    run = load_run(args.run_dir, load_model=False)
-    print(run.describe(run.steps_done if args.step is None else args.step), flush=True)
+    open_run(args.run_dir, step=args.step, load_model=False, at_step=True)
     grid = {name: getattr(args, name) for name in DEFAULTS}
     base = SAEConfig(**{name: values[0] for name, values in grid.items()}, epochs=args.epochs,
                      patience=args.patience, seed=args.seed, architecture=args.architecture, k=args.k,

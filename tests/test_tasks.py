@@ -599,3 +599,31 @@ def test_every_task_has_the_interface_and_a_benchmark_size():
         assert int(batch.tokens.max()) < task.d_vocab and int(batch.targets.max()) < task.d_vocab_out
         assert 0 <= int(task.pred_pos.min()) and int(task.pred_pos.max()) < task.n_ctx
         assert time_per_batch(task, 4, n_batches=2) > 0
+
+
+def test_what_analyses_ask_of_a_task():
+    """The task-specific knowledge analyses use: position names, enrichment, references, sizes."""
+    for name in TASKS:
+        task = make_task(name)
+        assert len(task.position_names()) == task.n_ctx
+        assert task.question_sampler() is task or name == "arithmetic"
+    assert make_task("addition", n_digits=2).position_names() == ["D1", "D0", "OP", "D'1", "D'0", "=", "A2", "A1", "A0"]
+    arithmetic = make_task("arithmetic", n_digits=2, ops={"sub": 50, "mul": 50})
+    assert arithmetic.position_names()[6:] == ["sign", "A2", "A1", "A0"]
+    assert arithmetic.truth_ops == ("sub", "mul") and arithmetic.variable_prefix("sub") == "sub."
+    ops = torch.tensor([10, 11, 13])  # the '+', '-' and '*' tokens
+    assert arithmetic.op_mask("mul", ops).tolist() == [False, False, True]
+    with pytest.raises(ValueError, match="enriched questions exist"):
+        make_task("modular").question_sampler(enrich=True)
+    with pytest.raises(ValueError, match="no Fourier basis"):
+        make_task("induction").fourier_basis()
+    modular = make_task("modular", p=7, frac_train=0.5)
+    assert modular.full_data_sizes() == (24, 49) and make_task("addition").full_data_sizes() == (1, 1)
+    batch, position, n = modular.operand_grid()
+    assert (n, position, len(batch)) == (7, 2, 49)
+    induction = make_task("induction", vocab_size=16, seq_len=20, subseq_len=4)
+    assert induction.reference_losses()["uniform, ln(vocab_size - 1)"] == pytest.approx(2.70805, abs=1e-5)
+    assert make_task("addition").reference_losses() == {}
+    enriched = make_task("addition", n_digits=5).question_sampler(enrich=True).sample(2000, gen(0))
+    x, y = enriched.tokens[:, :5], enriched.tokens[:, 6:11]
+    assert ((x + y) == 9).float().mean() > 0.25  # 3 in 5 questions have 40% of pairs summing to 9

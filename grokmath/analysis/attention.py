@@ -13,9 +13,8 @@ from __future__ import annotations
 
 import torch
 
-from grokmath.losses import loss_fn
-from grokmath.memory import attention_bytes, check_fits
-
+from ..losses import loss_fn
+from ..memory import attention_bytes, check_fits
 from .common import model_device
 
 
@@ -93,7 +92,7 @@ def induction_scores(patterns: torch.Tensor, batch, task) -> torch.Tensor:
     of a repeat (copy 1 on) whose next token is in the repeat too, the attention paid to the tokens
     just after the same token's earlier occurrences (in every earlier copy, summed), averaged.
     An induction head scores near 1; other heads near 0. Needs batch.meta['starts'] (the induction task)."""
-    if "starts" not in batch.meta or not hasattr(task, "subseq_len"):
+    if "starts" not in batch.meta or not task.has_repeats:
         raise ValueError("induction_scores needs batches of the induction task (meta 'starts')")
     if patterns.dim() != 5 or patterns.shape[1] != len(batch):
         raise ValueError(f"patterns must be [layer, batch, head, query, key] for the batch's {len(batch)} "

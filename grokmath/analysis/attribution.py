@@ -25,10 +25,9 @@ from __future__ import annotations
 import pandas as pd
 import torch
 
-from grokmath.activation_cache import ActivationCache
-from grokmath.factored_matrix import FactoredMatrix
-from grokmath.losses import masked_mean
-
+from ..activation_cache import ActivationCache
+from ..factored_matrix import FactoredMatrix
+from ..losses import masked_mean
 from .common import answer_logits, model_device, score
 
 
@@ -46,16 +45,6 @@ def _decomposition_names(cfg) -> list[str]:
     for layer in range(cfg.n_layers):  # head results come from z and W_O (cache.compute_head_results)
         names += [f"blocks.{layer}.attn.hook_z", f"blocks.{layer}.hook_mlp_out"]
     return names
-
-
-@torch.no_grad()
-def residual_components(model, tokens: torch.Tensor) -> tuple[torch.Tensor, list[str], torch.Tensor, ActivationCache]:
-    """The parts that sum to the final residual stream: ([component, batch, pos, d_model], labels,
-    the final residual [batch, pos, d_model], cache). Labels are TransformerLens's ('L0H1',
-    '0_mlp_out', 'embed', 'pos_embed', 'bias'): cache.get_full_resid_decomposition(expand_neurons=False)."""
-    cache = _cache(model, tokens, _decomposition_names(model.cfg))
-    parts, labels = cache.get_full_resid_decomposition(expand_neurons=False, return_labels=True)
-    return parts, labels, cache["resid_post", -1], cache
 
 
 @torch.no_grad()
@@ -95,15 +84,6 @@ def attribution_table(contributions: torch.Tensor, labels: list[str], task, mask
     table = pd.DataFrame(per_pos.cpu().numpy(), index=labels, columns=task.pred_labels)
     table["mean"] = table[task.pred_labels].mean(axis=1)
     return table.rename_axis("component").reset_index()
-
-
-def head_attribution_grid(contributions: torch.Tensor, labels: list[str], cfg) -> torch.Tensor:
-    """Each head's contribution averaged over batch and answer positions, as [n_layers, n_heads]."""
-    grid = torch.zeros(cfg.n_layers, cfg.n_heads, dtype=torch.float64)
-    for layer in range(cfg.n_layers):
-        for head in range(cfg.n_heads):
-            grid[layer, head] = contributions[labels.index(f"L{layer}H{head}")].to(torch.float64).mean()
-    return grid
 
 
 def plot_attribution(table: pd.DataFrame, task, path, title: str = "direct logit attribution to the answer"):
@@ -229,7 +209,7 @@ def plot_circuits(model, task, path, kind: str = "qk", tokens: list[int] | None 
         names = list(task.token_names)
         rows = list(range(cfg.d_vocab)) if tokens is None else list(tokens)
     out_names = [str(t) for t in range(cfg.d_vocab_out)] if kind == "ov" else None
-    if kind == "ov" and getattr(task, "d_vocab_out", 0) == cfg.d_vocab_out and cfg.d_vocab_out <= len(names):
+    if kind == "ov" and task.d_vocab_out == cfg.d_vocab_out and cfg.d_vocab_out <= len(names):
         out_names = names[:cfg.d_vocab_out]
     grid, titles = [], []
     for layer in range(cfg.n_layers):

@@ -13,9 +13,7 @@ from typing import Callable
 
 import torch
 
-from grokmath.losses import score  # noqa: F401 (the one scoring function; analysis modules take it from here)
-from grokmath.tasks import make_task
-from grokmath.tasks.arithmetic import PLUS, enrich_digits
+from ..losses import score  # noqa: F401 (the one scoring function; analysis modules take it from here)
 
 # An edit: (hook name, fn(activation_slice) -> replacement of that slice), applied to one copy.
 Edit = tuple[str, Callable[[torch.Tensor], torch.Tensor]]
@@ -28,39 +26,9 @@ def model_device(model: torch.nn.Module) -> torch.device:
 def question_sampler(task, enrich: bool | None = None):
     """The task drawing each question's op on its own (arithmetic with op_per_batch=False), so one
     large analysis batch holds the task's op mix rather than a single op; other tasks unchanged.
-
-    enrich: None draws from the task's own (training) distribution, enriched if the task enriches;
-    False draws uniformly random questions (never enriched: what accuracy in nines is counted on);
-    True draws from the enriched distribution (the hard cases: long carry and borrow cascades):
-    arithmetic's own enrichment (tasks/arithmetic.py), per question; for addition, the same rule for
-    its addition questions: 3 questions in 5 have 40% of their digit pairs made to sum to 9, so
-    carries cascade far more often. Answers and classes are computed as for any question.
-    """
-    if enrich:
-        if task.name == "arithmetic":
-            return make_task(task.name, **{**task.options(), "op_per_batch": False, "enrich": True})
-        if task.name == "addition":
-            return EnrichedAddition(task)
-        raise ValueError(f"enriched questions exist for the addition and arithmetic tasks, not {task.name!r}")
-    if task.name == "arithmetic":
-        options = {**task.options(), "op_per_batch": False}
-        if enrich is False:
-            options["enrich"] = False
-        return make_task(task.name, **options)
-    return task
-
-
-class EnrichedAddition:
-    """Addition questions with the arithmetic notebook's enrichment of addition digits (see question_sampler)."""
-
-    def __init__(self, task):
-        self.task = task
-
-    def sample(self, batch_size: int, generator: torch.Generator):
-        x, y = self.task.draw(batch_size, generator)  # units first
-        op = torch.full((batch_size,), PLUS, device=x.device)  # every question is an addition
-        x, y = enrich_digits(x, y, op, per_batch=False, generator=generator)
-        return self.task.from_digits(x, y)
+    enrich: None (the task's own distribution), False (never enriched) or True (the enriched
+    distribution, addition and arithmetic only): see `Task.question_sampler`."""
+    return task.question_sampler(enrich)
 
 
 def answer_logits(logits: torch.Tensor, task) -> torch.Tensor:

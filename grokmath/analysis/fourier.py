@@ -15,49 +15,15 @@ frequency k. Plots: bar charts of the norm per basis vector and 2-D heatmaps.
 """
 from __future__ import annotations
 
-import math
-
 import torch
 
-from ..tasks.arithmetic import OP_TOKENS
+from ..tasks.fourier_bases import digit_fourier_basis, modular_fourier_basis  # noqa: F401 (importable from here)
 from .common import model_device
-
-
-def digit_fourier_basis(n: int = 10) -> tuple[torch.Tensor, list[str]]:
-    """The notebook's basis over n (even) digits: const, cos/sin 1..n/2-1, +-1; rows normalised. [n, n]"""
-    if n < 2 or n % 2:
-        raise ValueError(f"the digit basis needs an even number of digits >= 2, got {n}")
-    d = torch.arange(n, dtype=torch.float64)
-    rows, names = [torch.ones(n, dtype=torch.float64)], ["const"]
-    for k in range(1, n // 2):
-        rows += [torch.cos(2 * math.pi * k * d / n), torch.sin(2 * math.pi * k * d / n)]
-        names += [f"cos {k}", f"sin {k}"]
-    rows.append(torch.cos(math.pi * d))
-    names.append("+-1")
-    basis = torch.stack(rows)
-    return basis / basis.norm(dim=1, keepdim=True), names
-
-
-def modular_fourier_basis(p: int) -> tuple[torch.Tensor, list[str]]:
-    """The progress-measures basis over 0..p-1 (p odd): const, cos k, sin k for k=1..(p-1)/2; normalised. [p, p]"""
-    if p < 3 or p % 2 == 0:
-        raise ValueError(f"the mod-p basis needs an odd p >= 3 (a prime such as 113), got {p}")
-    x = torch.arange(p, dtype=torch.float64)
-    rows, names = [torch.ones(p, dtype=torch.float64)], ["const"]
-    for k in range(1, (p - 1) // 2 + 1):
-        rows += [torch.cos(2 * math.pi * k * x / p), torch.sin(2 * math.pi * k * x / p)]
-        names += [f"cos {k}", f"sin {k}"]
-    basis = torch.stack(rows)
-    return basis / basis.norm(dim=1, keepdim=True), names
 
 
 def task_basis(task) -> tuple[torch.Tensor, list[str]]:
     """The basis over a task's number tokens: digits 0..9 (addition, arithmetic) or 0..p-1 (modular)."""
-    if task.name == "modular":
-        return modular_fourier_basis(task.p)
-    if task.name in ("addition", "arithmetic"):
-        return digit_fourier_basis(10)
-    raise ValueError(f"no Fourier basis for the {task.name!r} task: use addition, arithmetic or modular")
+    return task.fourier_basis()
 
 
 def project(values: torch.Tensor, basis: torch.Tensor, dim: int = 0) -> torch.Tensor:
@@ -112,32 +78,10 @@ def input_grid(model, task, hook_name: str | None, position: int | None = None, 
     `place` (0 = units) at `position` (default: the answer position of that place), averaged over
     `n_samples` random draws of the other digits; arithmetic uses the operator `op`.
     """
-    device = model_device(model)
-    if task.name == "modular":
-        batch = task.all_pairs(device)
-        position = 2 if position is None else position
-        reps, n = 1, task.p
-    elif task.name in ("addition", "arithmetic"):
-        n, reps = 10, n_samples
-        if not 0 <= place < task.n_digits:
-            raise ValueError(f"place must be in 0..{task.n_digits - 1} (0 = units), got {place}")
-        gen = torch.Generator().manual_seed(seed)
-        x = torch.randint(0, 10, (reps, task.n_digits), generator=gen)
-        y = torch.randint(0, 10, (reps, task.n_digits), generator=gen)
-        a, b = torch.arange(10).repeat_interleave(10), torch.arange(10).repeat(10)  # [100] a-major
-        x = x.repeat(100, 1)
-        y = y.repeat(100, 1)  # row = pair * reps + sample
-        x[:, place] = a.repeat_interleave(reps)
-        y[:, place] = b.repeat_interleave(reps)
-        if task.name == "addition":
-            batch = task.from_digits(x, y)
-        else:
-            batch = task.from_digits(x, y, torch.full((x.shape[0],), OP_TOKENS[op]))
-        batch = batch.to(device)
-        if position is None:  # the logit position predicting answer digit A{place}
-            position = int(task.pred_pos[len(task.pred_labels) - 1 - place])
-    else:
-        raise ValueError(f"no operand grid for the {task.name!r} task: use addition, arithmetic or modular")
+    batch, answer_position, n = task.operand_grid(place, n_samples, seed, op)
+    batch = batch.to(model_device(model))
+    position = answer_position if position is None else position
+    reps = len(batch) // (n * n)
     if hook_name is None:
         values = model(batch.tokens)[:, position]
     else:

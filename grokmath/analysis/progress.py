@@ -44,6 +44,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from .. import losses
 from ..checkpoint import atomic_write_json, atomic_write_text, load_run
 from ..memory import check_fits, progress_bytes
 from ..plots import save_figure  # sets matplotlib's Agg backend before pyplot loads
@@ -116,13 +117,12 @@ def decompose_logits(logits: torch.Tensor, p: int, key_freqs, sign: int = 1) -> 
 
 
 def cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> float:
-    """Mean -log softmax(logits)[label] in float64."""
-    log_probs = logits.to(torch.float64).log_softmax(-1)
-    return float(-log_probs.gather(-1, labels[:, None]).mean())
+    """Mean -log softmax(logits)[label] in float64: the one scoring path, grokmath.losses."""
+    return float(losses.loss_fn(logits, labels))
 
 
 def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
-    return float((logits.argmax(-1) == labels).to(torch.float64).mean())
+    return float(losses.accuracy(logits, labels))
 
 
 # ---- the model's pieces ----------------------------------------------------------------------
@@ -208,8 +208,8 @@ def key_frequencies(model, task, min_explained: float = 0.6, min_share: float = 
 
 
 def _modular_p(task) -> int:
-    if getattr(task, "name", None) != "modular":
-        raise ValueError(f"progress measures are for modular arithmetic runs, not {getattr(task, 'name', task)!r}")
+    if not task.has_progress_measures:
+        raise ValueError(f"progress measures are for modular arithmetic runs, not {task.name!r}")
     if task.op not in ("add", "subtract"):
         raise ValueError(f"progress measures need op 'add' or 'subtract' (the trig directions of a + b or "
                          f"a - b), not {task.op!r}")

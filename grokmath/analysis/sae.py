@@ -17,7 +17,7 @@ keeps the one with the best score on held-out activations.
 
 A data source is anything that, iterated, yields activation tensors [rows, d_in] for one epoch:
 `TensorSource` (a fixed tensor, shuffled into minibatches) here, or the model-backed source of
-`grokmath.analysis.sae_run`.
+`grokmath.analysis.sae_source`.
 """
 from __future__ import annotations
 

@@ -34,6 +34,7 @@ import torch
 
 from .base import (Batch, Task, check_generator, check_int, decode_tokens, encode_strings,
                    unique_split)
+from .fourier_bases import digit_fourier_basis
 
 PLUS, EQUALS = 10, 11
 MAX_DIGITS = 40  # digit-wise sums are exact at any length; the cap only keeps n_ctx sensible
@@ -87,6 +88,58 @@ def add_digits(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict[str
     meta = PlaceMeta(base_add=base_add, make_carry=make_carry, make_carry_base=make_carry_base,
                      sum9=sum9, use_carry=use_carry, use_sum9=sum9 & use_carry, cascade=chains.amax(dim=1))
     return digits, meta
+
+
+def enrich_digits(x, y, add, sub, per_batch: bool, generator):
+    """The arithmetic notebook's enrichment of digits x, y [batch, n] (units first) of the questions
+    that are additions (`add` [batch] bool) or subtractions (`sub`); tasks/arithmetic.py says the rule."""
+    batch, n = x.shape
+    device = x.device
+    draws = 1 if per_batch else batch
+    case = torch.randint(1, 6, (draws,), generator=generator, device=device).expand(batch)
+    side = torch.randint(1, 3, (draws,), generator=generator, device=device).expand(batch)
+    if per_batch:  # exactly 40% of the batch's digit pairs, as the notebook
+        chosen = torch.zeros(batch * n, dtype=torch.bool, device=device)
+        chosen[torch.randperm(batch * n, generator=generator, device=device)[:int(0.4 * batch * n)]] = True
+        chosen = chosen.view(batch, n)
+    else:
+        chosen = torch.rand(batch, n, generator=generator, device=device) < 0.4
+    enriched = case <= 3
+    first, second = (side == 1)[:, None], (side == 2)[:, None]
+    # addition: digit pairs that sum to 9 make carry cascades (S2, S3, ...) common
+    change = chosen & (enriched & add)[:, None]
+    x = torch.where(change & first, 9 - y, x)
+    y = torch.where(change & second, 9 - x, y)
+    # subtraction: a larger y gives more negative answers; equal digits make borrow cascades
+    subtract = (enriched & sub)[:, None]
+    y = y + (subtract & (case == 1)[:, None] & (y < 9)).long()
+    change = chosen & subtract
+    x = torch.where(change & first, y, x)
+    y = torch.where(change & second, x, y)
+    return x, y
+
+
+def digit_grid(n_digits: int, place: int, n_samples: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Digits x, y [100 * n_samples, n_digits] (units first): every pair of digits (a, b) of `place`,
+    a-major, each with the same `n_samples` random draws of the other digits (row = pair * n_samples + sample)."""
+    if not 0 <= place < n_digits:
+        raise ValueError(f"place must be in 0..{n_digits - 1} (0 = units), got {place}")
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randint(0, 10, (n_samples, n_digits), generator=gen)
+    y = torch.randint(0, 10, (n_samples, n_digits), generator=gen)
+    a, b = torch.arange(10).repeat_interleave(10), torch.arange(10).repeat(10)  # [100] a-major
+    x = x.repeat(100, 1)
+    y = y.repeat(100, 1)
+    x[:, place] = a.repeat_interleave(n_samples)
+    y[:, place] = b.repeat_interleave(n_samples)
+    return x, y
+
+
+def digit_position_names(n_digits: int, before_answer: list[str]) -> list[str]:
+    """D{n-1} .. D0 OP D'{n-1} .. D'0 = (before_answer) A{n} .. A0: a name per position of a digit task."""
+    first = [f"D{i}" for i in range(n_digits - 1, -1, -1)]
+    second = [f"D'{i}" for i in range(n_digits - 1, -1, -1)]
+    return first + ["OP"] + second + ["="] + before_answer + [f"A{i}" for i in range(n_digits, -1, -1)]
 
 
 def check_layout(tokens: torch.Tensor, allowed: list[torch.Tensor], example: str) -> None:
@@ -173,6 +226,38 @@ class AdditionTask(Task):
         y = torch.randint(0, 10, shape, generator=generator, device=device)
         return x, y
 
+    has_ground_truth = True
+    truth_ops = ("add",)
+    position_word = "digit"
+
+    def title(self) -> str:
+        return f"{self.n_digits} digit addition"
+
+    def position_names(self) -> list[str]:
+        """D4 .. D0 OP D'4 .. D'0 = A5 .. A0 for 5-digit addition."""
+        return digit_position_names(self.n_digits, [])
+
+    def op_mask(self, op: str, op_tokens: torch.Tensor) -> torch.Tensor:
+        """The questions [batch] bool that ask `op` (one of truth_ops): every one."""
+        return torch.ones(len(op_tokens), dtype=torch.bool)
+
+    def variable_prefix(self, op: str) -> str:
+        """What the names of `op`'s ground-truth variables start with: nothing, addition has one op."""
+        return ""
+
+    def question_sampler(self, enrich: bool | None = None):
+        """This task, or with enrich=True its questions enriched as the arithmetic notebook enriches
+        additions (EnrichedAddition): the hard cases, long carry cascades."""
+        return EnrichedAddition(self) if enrich else self
+
+    def fourier_basis(self) -> tuple[torch.Tensor, list[str]]:
+        return digit_fourier_basis(10)
+
+    def operand_grid(self, place: int = 0, n_samples: int = 32, seed: int = 0, op: str = "add"):
+        """The digits of `place` (0 = units) over every pair (see Task.operand_grid); `op` is always add."""
+        batch = self.from_digits(*digit_grid(self.n_digits, place, n_samples, seed))
+        return batch, int(self.pred_pos[len(self.pred_labels) - 1 - place]), 10
+
     def from_digits(self, x: torch.Tensor, y: torch.Tensor) -> Batch:
         """The batch for place-order digits x, y [batch, n_digits] (units first)."""
         digits, meta = add_digits(x, y)
@@ -235,3 +320,17 @@ class AdditionTask(Task):
 
     def decode(self, tokens: torch.Tensor) -> list[str]:
         return decode_tokens(tokens, self.token_names)
+
+
+class EnrichedAddition:
+    """Addition questions with the arithmetic notebook's enrichment of addition digits: 3 questions
+    in 5 have 40% of their digit pairs made to sum to 9, so carries cascade far more often."""
+
+    def __init__(self, task: AdditionTask):
+        self.task = task
+
+    def sample(self, batch_size: int, generator: torch.Generator) -> Batch:
+        x, y = self.task.draw(batch_size, generator)  # units first
+        add = torch.ones(batch_size, dtype=torch.bool, device=x.device)  # every question is an addition
+        x, y = enrich_digits(x, y, add, ~add, per_batch=False, generator=generator)
+        return self.task.from_digits(x, y)

@@ -33,9 +33,10 @@ import numbers
 
 import torch
 
-from .addition import chain_lengths, check_layout
+from .addition import chain_lengths, check_layout, digit_grid, digit_position_names, enrich_digits
 from .base import (Batch, Task, check_generator, check_int, decode_tokens, encode_strings,
                    unique_split)
+from .fourier_bases import digit_fourier_basis
 
 PLUS, MINUS, EQUALS, MULT, DIV = 10, 11, 12, 13, 14
 OP_TOKENS = {"add": PLUS, "sub": MINUS, "mul": MULT}
@@ -58,34 +59,6 @@ def check_ops(ops) -> dict[str, float]:
         raise ValueError(f"ops percentages must sum to 100, got {total} from {ops}; "
                          f"e.g. ops={{'sub': 80, 'add': 20}}")
     return {op: ops[op] for op in OP_TOKENS if ops.get(op, 0) > 0}
-
-
-def enrich_digits(x, y, op, per_batch: bool, generator):
-    """The notebook's enrichment of addition and subtraction digits [batch, n] (see above)."""
-    batch, n = x.shape
-    device = x.device
-    draws = 1 if per_batch else batch
-    case = torch.randint(1, 6, (draws,), generator=generator, device=device).expand(batch)
-    side = torch.randint(1, 3, (draws,), generator=generator, device=device).expand(batch)
-    if per_batch:  # exactly 40% of the batch's digit pairs, as the notebook
-        chosen = torch.zeros(batch * n, dtype=torch.bool, device=device)
-        chosen[torch.randperm(batch * n, generator=generator, device=device)[:int(0.4 * batch * n)]] = True
-        chosen = chosen.view(batch, n)
-    else:
-        chosen = torch.rand(batch, n, generator=generator, device=device) < 0.4
-    enriched = case <= 3
-    first, second = (side == 1)[:, None], (side == 2)[:, None]
-    # addition: digit pairs that sum to 9 make carry cascades (S2, S3, ...) common
-    change = chosen & (enriched & (op == PLUS))[:, None]
-    x = torch.where(change & first, 9 - y, x)
-    y = torch.where(change & second, 9 - x, y)
-    # subtraction: a larger y gives more negative answers; equal digits make borrow cascades
-    sub = (enriched & (op == MINUS))[:, None]
-    y = y + (sub & (case == 1)[:, None] & (y < 9)).long()
-    change = chosen & sub
-    x = torch.where(change & first, y, x)
-    y = torch.where(change & second, x, y)
-    return x, y
 
 
 class ArithmeticTask(Task):
@@ -124,6 +97,37 @@ class ArithmeticTask(Task):
         return self._sample(check_int("batch_size", batch_size, 1), check_generator(generator),
                             self.op_per_batch)
 
+    has_ground_truth = True
+    position_word = "digit"
+
+    def title(self) -> str:
+        return f"{self.n_digits} digit arithmetic"
+
+    @property
+    def truth_ops(self) -> tuple[str, ...]:
+        """The ops in the mix, whose ground-truth variables analysis.explain.truth computes."""
+        return tuple(self.ops)
+
+    def position_names(self) -> list[str]:
+        """D5 .. D0 OP D'5 .. D'0 = sign A6 .. A0 for 6-digit arithmetic."""
+        return digit_position_names(self.n_digits, ["sign"])
+
+    def op_mask(self, op: str, op_tokens: torch.Tensor) -> torch.Tensor:
+        """The questions [batch] bool that ask `op` (one of truth_ops)."""
+        return op_tokens == OP_TOKENS[op]
+
+    def variable_prefix(self, op: str) -> str:
+        """What the names of `op`'s ground-truth variables start with, e.g. 'sub.'."""
+        return f"{op}."
+
+    def question_sampler(self, enrich: bool | None = None) -> "ArithmeticTask":
+        """This task drawing each question's op on its own (op_per_batch=False), so one large
+        analysis batch holds the op mix; enriched as the task (None), never (False) or always (True)."""
+        options = {**self.options(), "op_per_batch": False}
+        if enrich is not None:
+            options["enrich"] = enrich
+        return ArithmeticTask(**options)
+
     def draw(self, batch_size: int, generator: torch.Generator) -> tuple[torch.Tensor, ...]:
         """The random part of `sample`: digits x, y [batch, n_digits] (units first, enriched if the
         task enriches) and op tokens [batch]; sample(n, gen) is from_digits(*draw(n, gen))."""
@@ -143,8 +147,17 @@ class ArithmeticTask(Task):
         top = (torch.arange(n, device=device) >= n - n // 2) & (op == MULT)[:, None]
         x, y = x.masked_fill(top, 0), y.masked_fill(top, 0)
         if self.enrich:
-            x, y = enrich_digits(x, y, op, per_batch, generator)
+            x, y = enrich_digits(x, y, op == PLUS, op == MINUS, per_batch, generator)
         return x, y, op
+
+    def fourier_basis(self) -> tuple[torch.Tensor, list[str]]:
+        return digit_fourier_basis(10)
+
+    def operand_grid(self, place: int = 0, n_samples: int = 32, seed: int = 0, op: str = "add"):
+        """The digits of `place` (0 = units) over every pair with operator `op` (see Task.operand_grid)."""
+        x, y = digit_grid(self.n_digits, place, n_samples, seed)
+        batch = self.from_digits(x, y, torch.full((x.shape[0],), OP_TOKENS[op]))
+        return batch, int(self.pred_pos[len(self.pred_labels) - 1 - place]), 10
 
     def from_digits(self, x: torch.Tensor, y: torch.Tensor, op: torch.Tensor) -> Batch:
         """The batch for place-order digits x, y [batch, n_digits] (units first) and op tokens [batch]."""

@@ -55,6 +55,12 @@ class Task:
     pred_pos: torch.Tensor  # [n_pred] int64, the logit positions that are scored
     pred_labels: list[str]  # [n_pred] a name per scored position, for tables and plots
     token_names: list[str]  # [d_vocab] what each input token means
+    # What the analyses may ask of a task (analysis/explain, analysis/attention, analysis/progress):
+    has_ground_truth = False  # addition, arithmetic: the answer's intermediate variables are known
+    has_repeats = False  # induction: repeated subsequences (meta 'starts'), scored for induction heads
+    has_progress_measures = False  # modular: the progress-measures paper's Fourier measures apply
+    position_word = "position"  # what plots call a scored position ('digit' in the digit tasks)
+    truth_ops: tuple[str, ...] = ()  # the ops whose ground-truth variables are known (op_mask, variable_prefix)
 
     def options(self) -> dict:
         """The keyword options that rebuild this task with make_task(self.name, **options)."""
@@ -66,6 +72,45 @@ class Task:
     # Optional (addition, arithmetic): `draw(batch_size, generator)`, the random part of `sample`, with
     # sample(n, gen) == from_digits(*draw(n, gen)); the captured training step draws on the host and
     # builds the batch on the device (grokmath.capture).
+
+    def title(self) -> str:
+        """The task in a plot title, e.g. '5 digit addition'."""
+        return self.name.replace("_", " ")
+
+    def position_names(self) -> list[str]:
+        """A name per token position, for tables and plots: here the position numbers."""
+        return [str(p) for p in range(self.n_ctx)]
+
+    def question_sampler(self, enrich: bool | None = None):
+        """What analyses draw questions from (anything with `sample(batch_size, generator)`).
+
+        enrich: None draws from the task's own (training) distribution, enriched if the task
+        enriches; False draws uniformly random questions (never enriched: what accuracy in nines is
+        counted on); True draws from the enriched distribution (the hard cases: long carry and
+        borrow cascades), which only addition and arithmetic have. Here: the task itself.
+        """
+        if enrich:
+            raise ValueError(f"enriched questions exist for the addition and arithmetic tasks, not {self.name!r}")
+        return self
+
+    def full_data_sizes(self) -> tuple[int, int]:
+        """(training set size, training + test set size) of the 'full' data regime; (1, 1) where a
+        task has no finite set of questions to split."""
+        return 1, 1
+
+    def fourier_basis(self) -> tuple[torch.Tensor, list[str]]:
+        """The Fourier basis over the task's number tokens ([n_basis, n], names; tasks/fourier_bases.py)."""
+        raise ValueError(f"no Fourier basis for the {self.name!r} task: use addition, arithmetic or modular")
+
+    def operand_grid(self, place: int = 0, n_samples: int = 32, seed: int = 0, op: str = "add"):
+        """Questions over every pair of operand values (a, b), a-major, each pair `n_samples` times
+        in a row where other digits are drawn at random: (batch, the answer position of `place`, n),
+        n the number of operand values (analysis.fourier.input_grid)."""
+        raise ValueError(f"no operand grid for the {self.name!r} task: use addition, arithmetic or modular")
+
+    def reference_losses(self) -> dict[str, float]:
+        """Named loss levels drawn as horizontal lines on the loss plots; {} where a task has none."""
+        return {}
 
     def pred_pos_on(self, device) -> torch.Tensor:
         """pred_pos on `device`, copied there once (not a host-to-device copy for every batch)."""

@@ -14,6 +14,8 @@ Metadata: `starts` [batch, num_repeats], where each interval's subsequence start
 """
 from __future__ import annotations
 
+import math
+
 import torch
 
 from .base import (Batch, Task, check_generator, check_int, decode_tokens, encode_strings,
@@ -43,6 +45,15 @@ class InductionTask(Task):
         self.pred_pos = torch.arange(self.seq_len - 1)
         self.pred_labels = [f"P{i}" for i in range(self.seq_len - 1)]
         self.token_names = ["BEGIN"] + [str(t) for t in range(1, self.vocab_size)]
+
+    has_repeats = True
+
+    def reference_losses(self) -> dict[str, float]:
+        """Guessing uniformly among the vocab_size - 1 noise tokens (the notebook's uniform loss,
+        4.844), and 0, the optimum on the scored tokens, which are all predictable from the first
+        copy. (The notebook's 'optimal loss' 3.114 averages over every position, which the loss
+        does not.)"""
+        return {"uniform, ln(vocab_size - 1)": math.log(self.vocab_size - 1), "optimal": 0.0}
 
     def options(self) -> dict:
         return {"seq_len": self.seq_len, "subseq_len": self.subseq_len,

@@ -23,6 +23,7 @@ import random
 import torch
 
 from .base import Batch, Task, check_generator, check_int, decode_tokens, encode_strings
+from .fourier_bases import modular_fourier_basis
 
 OPS = ("add", "subtract", "x2xyy2", "rand")
 MAX_P = 5000  # all_pairs/split hold p*p rows
@@ -57,6 +58,23 @@ class ModularTask(Task):
         if op == "rand":
             table_generator = torch.Generator().manual_seed(self.rand_seed)
             self.table = torch.randint(0, self.p, (self.p, self.p), generator=table_generator)  # [a, b]
+
+    has_progress_measures = True
+
+    def title(self) -> str:
+        return f"modular {self.op} mod {self.p}"
+
+    def fourier_basis(self) -> tuple[torch.Tensor, list[str]]:
+        return modular_fourier_basis(self.p)
+
+    def operand_grid(self, place: int = 0, n_samples: int = 32, seed: int = 0, op: str = "add"):
+        """Every pair (a, b), once, answered at the '=' position (position 2); the other options do not apply."""
+        return self.all_pairs(), 2, self.p
+
+    def full_data_sizes(self) -> tuple[int, int]:
+        """Every pair (a, b), split by frac_train."""
+        total = self.p * self.p
+        return max(1, int(self.frac_train * total)), total
 
     def options(self) -> dict:
         return {"p": self.p, "op": self.op, "frac_train": self.frac_train, "rand_seed": self.rand_seed}

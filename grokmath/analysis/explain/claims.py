@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from ...files import atomic_write_text
 from .nodes import parse_node
 from .truth import Variable
 
@@ -132,7 +133,6 @@ def claim_text(node: str, variable: str, value, digit_hint: int | None = None) -
 
 
 def save_claims(path, results: list[dict]) -> None:
-    from grokmath.checkpoint import atomic_write_text
     atomic_write_text(path, json.dumps(results, indent=1, default=_plain) + "\n")
 
 

@@ -105,7 +105,7 @@ def ablate_nodes(model, task, tokens: torch.Tensor, nodes: list[PosNode], kind: 
     tokens = tokens.to(device)
     check_nodes(model, [node.ablation_node() for node in nodes])
     pred_pos = task.pred_pos.to(device)
-    targets = tokens[:, pred_pos + 1] if task.name in ("addition", "arithmetic") else None
+    targets = tokens[:, pred_pos + 1] if task.has_ground_truth else None
     last = model.cfg.n_layers - 1
     values = reference_activations(model, [n.ablation_node() for n in nodes], kind, tokens, reference, generator)
     _, cache = model.run_with_cache(tokens, names_filter=_hook_names(last))

@@ -13,8 +13,7 @@ from pathlib import Path
 
 import torch
 
-from grokmath.files import atomic_write_text
-
+from ...files import atomic_write_text
 from ..ablation import ablate, per_position, standard_nodes
 from ..attention import attention_patterns, induction_scores, previous_token_scores
 from ..common import question_sampler
@@ -33,9 +32,9 @@ def explain_other(model, task, out_dir, seed: int = 0, kind: str = "mean", quest
     heads = {}
     patterns = attention_patterns(model, batch.tokens)  # [layer, batch, head, query, key]
     heads["previous_token"] = previous_token_scores(patterns).tolist()
-    if task.name == "induction":
+    if task.has_repeats:
         heads["induction"] = induction_scores(patterns, batch, task).tolist()
-    if task.name == "modular" and not model.cfg.attn_only:
+    if task.has_progress_measures and not model.cfg.attn_only:
         from ..progress import key_frequencies
         heads["key_frequencies"] = key_frequencies(model, task)
     atomic_write_text(out / "nodes.csv", table.to_csv(index=False))

@@ -19,8 +19,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from grokmath.files import atomic_write_text
-
+from ...files import atomic_write_text, refuse_existing
 from ..attention import attention_patterns
 from ..common import question_sampler
 from . import figures
@@ -102,7 +101,7 @@ def explain(model, task, out_dir, per_class: int = 200, probe_questions: int = 2
 
 
 def _prefix(task) -> str:
-    return "" if task.name == "addition" else "add."
+    return task.variable_prefix("add")
 
 
 def propose(task, table: pd.DataFrame, failed: torch.Tensor, batch, truth, model) -> list[str]:
@@ -201,7 +200,6 @@ def _class_fail(table) -> str:
 
 def explain_run(run, overwrite: bool = False, **options) -> dict:
     """explain() of a loaded run's model (`checkpoint.load_run`), into RUN_DIR/analysis/explain/."""
-    from grokmath.files import refuse_existing
     out = run.path / "analysis" / "explain"
     refuse_existing([out / name for name in OUTPUTS], overwrite)
     return explain(run.model, run.task, out, title=f"{run.path.name} step {run.step}", **options)

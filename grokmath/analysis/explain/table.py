@@ -169,7 +169,7 @@ def paper_role(task, node: PosNode, attends: str, predicted: dict[int, str]) -> 
     n = int(label[1:])
     words = attends.split()
     pairs = [int(t[1:]) for t in words if t.startswith("D") and not t.startswith("D'") and f"D'{t[1:]}" in words]
-    base = "BaseSub" if task.name == "arithmetic" and "add" not in task.ops else "BaseAdd"
+    base = "BaseSub" if task.has_ground_truth and "add" not in task.truth_ops else "BaseAdd"
     roles = []
     for k in pairs:  # in the order of attention, strongest pair first
         if k == n:

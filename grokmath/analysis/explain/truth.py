@@ -30,10 +30,8 @@ from dataclasses import dataclass
 
 import torch
 
+from ...tasks.base import Batch
 from ..common import question_sampler
-
-ARITHMETIC = ("addition", "arithmetic")
-
 
 @dataclass
 class Variable:
@@ -43,18 +41,13 @@ class Variable:
 
 
 def is_arithmetic(task) -> bool:
-    return task.name in ARITHMETIC
+    """Whether the task's ground-truth variables are known (addition, arithmetic: task.has_ground_truth)."""
+    return task.has_ground_truth
 
 
 def position_names(task) -> list[str]:
-    """A name per token position, e.g. D4 .. D0 + D'4 .. D'0 = A5 .. A0 for 5-digit addition."""
-    if not is_arithmetic(task):
-        return [str(p) for p in range(task.n_ctx)]
-    n = task.n_digits
-    first = [f"D{i}" for i in range(n - 1, -1, -1)]
-    second = [f"D'{i}" for i in range(n - 1, -1, -1)]
-    answer = ([] if task.name == "addition" else ["sign"]) + [f"A{i}" for i in range(n, -1, -1)]
-    return first + ["OP"] + second + ["="] + answer
+    """A name per token position, e.g. D4 .. D0 OP D'4 .. D'0 = A5 .. A0 for 5-digit addition."""
+    return task.position_names()
 
 
 def predicts(task) -> dict[int, str]:
@@ -95,10 +88,9 @@ def variables(task, batch) -> dict[str, Variable]:
     everyone = torch.ones(len(tokens), dtype=torch.bool)
     # the answer digits as the sequence writes them, most significant first -> place order
     answer = tokens[:, -(n + 1):].flip(1)  # [batch, n+1]
-    ops = ["add"] if task.name == "addition" else list(task.ops)
-    for name in ops:
-        prefix = "" if task.name == "addition" else f"{name}."
-        valid = everyone if task.name == "addition" else op == {"add": 10, "sub": 11, "mul": 13}[name]
+    for name in task.truth_ops:
+        prefix = task.variable_prefix(name)
+        valid = task.op_mask(name, op)
 
         def put(var, place, values, classes=2):
             out[f"{prefix}{var} A{place}"] = Variable(values.long(), classes, valid)
@@ -143,7 +135,6 @@ def question_set(task, per_class: int, generator: torch.Generator, pool: int | N
     addition; per op for arithmetic), from a pool of uniform questions, then enriched ones where a
     class has too few (long cascades are rare otherwise). Tasks without classes: `per_class` plain questions.
     Returns (Batch, class name per question)."""
-    from grokmath.tasks.base import Batch
     plain = question_sampler(task, enrich=False) if is_arithmetic(task) else task
     if not task.question_classes(plain.sample(1, generator).meta):
         batch = plain.sample(per_class, generator)
