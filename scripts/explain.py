@@ -4,13 +4,15 @@ Writes RUN_DIR/analysis/explain/: nodes.csv (one row per node tried: P14L0H1-sty
 layer, head, neuron, useful, fail_pct, impact, attends, tags, loss change and its attribution-patching
 estimate), probes.csv (variable, layer, position, accuracy, baseline), claims.json (claims proposed
 from the node table and the paper's roles, tested by intervention on fresh questions), the figures
-(quanta_map.png, attention_by_node.png, probes.png, claims.png) and a one-page summary.md.
+(quanta_map.png, attention_by_node.png, probes.png, claims.png) and a one-page summary.md; with
+--sae SAE_DIR also sae_features.csv (each SAE feature's best ground-truth variable, per position).
 Skip-trigram, induction and modular runs get the useful heads and their scores (nodes.csv,
 heads.json, summary.md). Existing files are kept unless --overwrite is given.
 
 Example:
     python scripts/explain.py runs/addition_5d_s129000
     python scripts/explain.py runs/addition_5d_s129000 --per-class 100 --kind zero --overwrite
+    python scripts/explain.py runs/addition_5d_s129000 --sae runs/addition_5d_s129000/sae/blocks.0.mlp.hook_post
 """
 import argparse
 import sys
@@ -35,6 +37,10 @@ def build_parser():
                         help="questions the probes are fitted on (half as many score them) (default: 2000)")
     parser.add_argument("--seed", type=cli.nonneg_int, default=0, help="seed of the questions (default: 0)")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    parser.add_argument("--sae", default=None, metavar="SAE_DIR",
+                        help="also score this SAE's features against the ground truth (a folder written by "
+                        "scripts/train_sae.py on this run, e.g. RUN_DIR/sae/blocks.0.mlp.hook_post): "
+                        "sae_features.csv and a section of summary.md")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
     return parser
@@ -48,7 +54,7 @@ def main(argv=None):
 
     run = open_run(args.run_dir, step=args.checkpoint, device=resolve_device(args.device))
     result = explain_run(run, overwrite=args.overwrite, kind=args.kind, seed=args.seed, progress=not args.no_progress,
-                         per_class=args.per_class, probe_questions=args.probe_questions)
+                         per_class=args.per_class, probe_questions=args.probe_questions, sae_dir=args.sae)
     for path in result["paths"].values():
         print(path)
 

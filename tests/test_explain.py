@@ -2,6 +2,8 @@
 a hand-built adder whose every node's job is known, planted probe and SAE signals."""
 import json
 
+import pandas as pd
+
 import pytest
 import torch
 
@@ -314,3 +316,32 @@ def test_other_tasks_get_useful_heads_and_scores(tmp_path):
     useful = result["table"]
     assert (useful["useful"] == (useful["loss_change"] > 0.05)).all()
     assert "Induction score" in (tmp_path / "summary.md").read_text()
+
+
+def test_explain_script_scores_an_sae_of_the_run(tmp_path, capsys):
+    """--sae: a hand-set SAE on the adder's residual whose feature 0 reads the 'out = 1' dimension
+    (39): at '=' (P3) that is the carry, at A1 (P4) the units digit 1; feature 1 reads noise-free 'out = 0'."""
+    from grokmath.analysis.sae import SAEConfig, SparseAutoencoder, save_sae
+    from test_analysis_scripts import make_run, run_main
+    model, task, _ = hand_built_adder()
+    run = make_run(tmp_path / "adder", model, task)
+    sae = SparseAutoencoder(48, 4)
+    with torch.no_grad():
+        sae.W_enc.zero_(); sae.b_enc.fill_(-0.5)  # noqa: E702
+        sae.W_enc[39, 0] = 1.0  # on when the model writes out = 1
+        sae.W_enc[38, 1] = 1.0  # on when it writes out = 0
+    hook = "blocks.0.hook_resid_post"
+    save_sae(tmp_path / "sae", sae, SAEConfig(d_sae=4), extra={"hook": hook, "positions": [3, 4], "run_dir": str(run)})
+    code, out, err = run_main("explain", [str(run), "--per-class", "40", "--probe-questions", "300", "--no-progress",
+                                          "--sae", str(tmp_path / "sae")], capsys)
+    assert code == 0, err
+    folder = run / "analysis" / "explain"
+    scored = pd.read_csv(folder / "sae_features.csv")
+    at = {p: scored[(scored.position == p) & (scored.feature == 0)].iloc[0] for p in (3, 4)}
+    assert at[3].f1 == 1.0 and at[3].value == 1 and at[3].variable in ("make_carry A0", "use_carry A1")
+    assert at[4].f1 == 1.0 and at[4].value == 1 and at[4].variable in ("base_add A0", "answer A0")
+    assert f"## SAE features against the ground truth ({hook})" in (folder / "summary.md").read_text()
+    bad = SparseAutoencoder(47, 4)  # the wrong width: refused in one line before the long work
+    save_sae(tmp_path / "bad", bad, SAEConfig(d_sae=4), extra={"hook": hook, "positions": "all"})
+    code, _, err = run_main("explain", [str(run), "--overwrite", "--sae", str(tmp_path / "bad")], capsys)
+    assert code == 2 and err.count("\n") == 1 and "reads 47 numbers per position" in err, err

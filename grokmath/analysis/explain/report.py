@@ -198,8 +198,63 @@ def _class_fail(table) -> str:
     return ", ".join(f"{name}: {n} nodes fail half of its questions or more" for name, n in sorted(counts.items()))
 
 
-def explain_run(run, overwrite: bool = False, **options) -> dict:
-    """explain() of a loaded run's model (`checkpoint.load_run`), into RUN_DIR/analysis/explain/."""
+def explain_run(run, overwrite: bool = False, sae_dir=None, **options) -> dict:
+    """explain() of a loaded run's model (`checkpoint.load_run`), into RUN_DIR/analysis/explain/;
+    with `sae_dir` (a folder written by scripts/train_sae.py on this run) also sae_features.csv: the
+    SAE's features scored against the ground truth at every position it reads, and a section of
+    summary.md."""
     out = run.path / "analysis" / "explain"
-    refuse_existing([out / name for name in OUTPUTS], overwrite)
-    return explain(run.model, run.task, out, title=f"{run.path.name} step {run.step}", **options)
+    refuse_existing([out / name for name in OUTPUTS + ((SAE_OUTPUT,) if sae_dir else ())], overwrite)
+    sae = _load_run_sae(run, sae_dir) if sae_dir else None  # refused before the long work, not after
+    result = explain(run.model, run.task, out, title=f"{run.path.name} step {run.step}", **options)
+    if sae is not None:
+        result["sae"] = explain_sae(run.model, run.task, out, *sae, seed=options.get("seed", 0),
+                                    per_class=options.get("per_class", 200))
+        result["paths"]["sae_features.csv"] = out / SAE_OUTPUT
+    return result
+
+
+SAE_OUTPUT = "sae_features.csv"
+
+
+def _load_run_sae(run, sae_dir):
+    """(sae, hook, positions) of an SAE trained on this run's model, or one line saying why not."""
+    from ..sae import load_sae
+    from ..sae_source import select_positions
+
+    if not is_arithmetic(run.task):
+        raise ValueError(f"--sae scores features against the ground truth, which the {run.task.name} task lacks")
+    sae, _, config = load_sae(sae_dir, device=next(run.model.parameters()).device)
+    hook = config.get("hook")
+    if hook not in run.model.hook_dict:
+        raise ValueError(f"{sae_dir} was trained on hook {hook!r}, which this model lacks: give an SAE of this run")
+    one = question_sampler(run.task, enrich=False).sample(1, torch.Generator().manual_seed(0)).tokens
+    _, cache = run.model.run_with_cache(one.to(next(run.model.parameters()).device), names_filter=[hook])
+    if cache[hook].shape[-1] != sae.d_in:
+        raise ValueError(f"{sae_dir} reads {sae.d_in} numbers per position, but {hook} of this model has "
+                         f"{cache[hook].shape[-1]}: give an SAE of this run")
+    if config.get("run_dir") and Path(config["run_dir"]).resolve() != Path(run.path).resolve():
+        print(f"explain: note: {sae_dir} was trained on {config['run_dir']}, not {run.path}", flush=True)
+    return sae, hook, select_positions(run.task, config.get("positions", "all"))
+
+
+def explain_sae(model, task, out, sae, hook, positions, seed: int = 0, per_class: int = 200) -> pd.DataFrame:
+    """The SAE's features scored against the ground-truth variables (sae_scores) on the explain
+    questions; writes sae_features.csv and appends a section to summary.md."""
+    from .sae_scores import score_sae_at_positions
+
+    batch, _ = question_set(task, per_class, torch.Generator().manual_seed(seed))
+    table = score_sae_at_positions(sae, model, hook, batch, variables(task, batch), positions, position_names(task))
+    out = Path(out)
+    atomic_write_text(out / SAE_OUTPUT, table.to_csv(index=False))
+    best = table.sort_values("f1", ascending=False).drop_duplicates("variable").head(12)
+    lines = ["", f"## SAE features against the ground truth ({hook})", "",
+             f"{sae.d_sae} features, scored at {len(positions)} positions on {len(batch.tokens)} questions; "
+             "each variable's best feature (on = activation > 0):", "",
+             "| variable = value | feature | position | precision | recall | F1 |", "|---|---|---|---|---|---|"]
+    for _, r in best.iterrows():
+        lines.append(f"| {r['variable']} = {r['value']} | {r['feature']} | P{r['position']} {r['position_name']} | "
+                     f"{r['precision']:.2f} | {r['recall']:.2f} | {r['f1']:.2f} |")
+    summary_path = out / "summary.md"
+    atomic_write_text(summary_path, summary_path.read_text() + "\n".join(lines) + "\n")
+    return table

@@ -45,3 +45,26 @@ def score_features(sae, acts: torch.Tensor, truth: dict[str, Variable], threshol
         table = pd.DataFrame(columns=["feature", "variable", "value", "precision", "recall", "f1", "on_frac"])
     table.attrs["dead"] = int((n_on == 0).sum())
     return table
+
+
+@torch.no_grad()
+def score_sae_at_positions(sae, model, hook: str, batch, truth: dict[str, Variable], positions,
+                           names: list[str], top: int = 3) -> pd.DataFrame:
+    """score_features at each token position the SAE reads: the SAE's input is `hook`'s activation at
+    that position of the questions in `batch` ([batch, pos, d_in] -> [batch, d_in] per position).
+    Keeps, per position, each variable's `top` features by F1; columns: position, position_name,
+    feature, variable, value, precision, recall, f1, on_frac."""
+    device = next(model.parameters()).device
+    _, cache = model.run_with_cache(batch.tokens.to(device), names_filter=[hook])
+    acts = cache[hook]  # [batch, pos, d_in]
+    frames = []
+    for pos in positions:
+        table = score_features(sae.to(acts.device), acts[:, int(pos)], truth)
+        if table.empty:
+            continue
+        table = table.sort_values("f1", ascending=False).groupby("variable", sort=False).head(top)
+        frames.append(table.assign(position=int(pos), position_name=names[int(pos)]))
+    columns = ["position", "position_name", "feature", "variable", "value", "precision", "recall", "f1", "on_frac"]
+    if not frames:
+        return pd.DataFrame(columns=columns)
+    return pd.concat(frames)[columns].sort_values(["f1", "position"], ascending=[False, True]).reset_index(drop=True)
