@@ -252,10 +252,10 @@ def _run_loop(models, task, cfgs, run_dirs, device, resume, progress, warn, afte
         for log in logs:
             log.to_host()
         for k, log in enumerate(logs):
-            losses = log.host[checked:, 2]
+            losses = log.column("train_loss", checked)
             bad = np.flatnonzero(~np.isfinite(losses))
             if len(bad) and not cfg.skip_nonfinite:
-                bad_step = int(log.host[checked + bad[0], 0])
+                bad_step = int(log.column("step", checked)[bad[0]])
                 last_good = (bad_step // cfg.checkpoint_every) * cfg.checkpoint_every
                 for run, run_log in zip(runs, logs):
                     if run is not None:
@@ -355,7 +355,7 @@ def _run_loop(models, task, cfgs, run_dirs, device, resume, progress, warn, afte
             if (step + 1) % FLUSH_EVERY == 0:
                 flush()
                 if bar is not None:
-                    bar.set_postfix(loss=f"{np.mean([log.host[-1, 2] for log in logs]):.4g}")
+                    bar.set_postfix(loss=f"{np.mean([log.column('train_loss')[-1] for log in logs]):.4g}")
         save(cfg.steps)
     seconds = time.time() - started
     results = []
