@@ -90,24 +90,27 @@ def hooks_attached(modules) -> bool:
     return False
 
 
-def choose_step_path(requested: str, device: torch.device, modules, cfg: TrainConfig, world: int,
-                     capturer=None) -> tuple[str, str | None]:
+def choose_step_path(requested: str, device: torch.device, modules, cfg: TrainConfig | None = None,
+                     world: int = 1, capturer=None) -> tuple[str, str | None]:
     """(path, reason): 'eager' (with the reason the static step is not used) or the static step's
-    path: capturer.name ('cuda_graph' for auto on a GPU), or 'static' (uncaptured, any device)."""
+    path: capturer.name ('cuda_graph' for auto on a GPU), or 'static' (uncaptured, any device).
+    cfg None: not a training step but a forward-only evaluation (grokmath.analysis.evaluate), so
+    the reasons say 'forward' and 'evaluation'."""
+    what, job, flag = ("step", "run", " (--no-capture)") if cfg is not None else ("forward", "evaluation", "")
     if requested not in PATHS:
         raise ValueError(f"step_path={requested!r}: use one of {PATHS}")
     if requested == "eager":
-        return "eager", "the eager step was asked for (--no-capture)"
+        return "eager", f"the eager {what} was asked for{flag}"
     if world > 1:
         return "eager", "data-parallel training (DistributedDataParallel) runs the eager step"
-    if cfg.skip_nonfinite:
+    if cfg is not None and cfg.skip_nonfinite:
         return "eager", "--skip-nonfinite decides on the host at every step whether to skip it"
     if hooks_attached(modules):
-        return "eager", "hooks are attached to the model (a captured step would not run them)"
+        return "eager", f"hooks are attached to the model (a captured {what} would not run them)"
     if requested == "static":
         return ("static" if capturer is None else capturer.name), None
     if device.type != "cuda":
-        return "eager", f"the captured step needs a CUDA GPU; this run is on {device.type}"
+        return "eager", f"the captured {what} needs a CUDA GPU; this {job} is on {device.type}"
     return (capturer or CUDAGraphCapture()).name, None
 
 
