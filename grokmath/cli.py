@@ -23,7 +23,7 @@ import sys
 from dataclasses import fields
 from pathlib import Path
 
-from .config import TrainConfig, is_whole, model_config_for
+from .config import TrainConfig, config_differences, is_whole, model_config_for
 from .guard import EXIT_USAGE, main_guard  # noqa: F401 (main_guard: the scripts' cli.main_guard)
 
 # torch, pandas and the rest of grokmath are imported inside the functions that use them, so that a
@@ -305,9 +305,8 @@ def check_default_name_free(run_dirs: list, fresh: dict) -> None:
             saved = None
         if saved is None:
             continue
-        differ = [f"{key} {shown(saved[section].get(key))}, here {shown(value)}"
-                  for section in ("model", "task", "train") for key, value in fresh[section].items()
-                  if key != "seed" and json.loads(json.dumps(value)) != json.loads(json.dumps(saved[section].get(key)))]
+        differ = [f"{key} {shown(old)}, here {shown(new)}"
+                  for _, key, old, new in config_differences(saved, fresh, ignore={"seed"})]
         if differ:
             raise ValueError(f"{run_dir} already holds a run with other settings ({'; '.join(differ)}): give this "
                              "run its own folder with --run-name NAME (or --overwrite to replace that run)")
@@ -333,12 +332,13 @@ def check_resume_flags(args, task_options: dict, data, n_train, run_name, insert
     fresh = {"model": model_cfg.to_dict(), "task": task.options(), "train": train_cfg.to_dict()}
     seeds = [RunDir(m).read_config()["train"]["seed"] for m in members] if len(members) > 1 else None
     option_of = {experiments.FLAG_NAMES.get(k, k): k for k in config["task"] if k != "name"}
+    changed = {(section, key): (old, new) for section, key, old, new in config_differences(config, fresh)}
     differ = []
 
-    def compare(dest, section, key, transform=lambda v: v):
-        ours, saved = transform(fresh[section][key]), transform(config[section].get(key))
-        if json.loads(json.dumps(ours)) != json.loads(json.dumps(saved)):
-            differ.append((dest, f"{key} {shown(saved)}, given {shown(ours)}"))
+    def compare(dest, section, key):
+        if (section, key) in changed:
+            old, new = changed[section, key]
+            differ.append((dest, f"{key} {shown(old)}, given {shown(new)}"))
 
     for dest in given:
         if dest in MODEL_FIELDS:
@@ -347,7 +347,9 @@ def check_resume_flags(args, task_options: dict, data, n_train, run_name, insert
             if seeds is None:
                 compare(dest, "train", "seed")
         elif dest == "beta2":
-            compare(dest, "train", "betas", lambda betas: betas[1])
+            beta2, saved = fresh["train"]["betas"][1], config["train"].get("betas")[1]
+            if beta2 != saved:
+                differ.append((dest, f"betas {shown(saved)}, given {shown(beta2)}"))
         elif dest in TRAIN_FIELDS:
             compare(dest, "train", dest)
         elif dest == "finite":
