@@ -39,8 +39,8 @@ from torch.nn.modules import module as torch_module  # the global module-hook ta
 from .config import TrainConfig
 from .grokfast import GradFilter, StaticGradFilter
 from .hooks import HookPoint
-from .losses import score_sums
-from .metrics import metric_row
+from .losses import ScoreSums, score_sums
+from .metrics import HEAD, metric_row
 from .schedule import device_lr_factor, lr_factor, scheduler_state
 from .tasks.base import Batch
 
@@ -90,24 +90,27 @@ def hooks_attached(modules) -> bool:
     return False
 
 
-def choose_step_path(requested: str, device: torch.device, modules, cfg: TrainConfig, world: int,
-                     capturer=None) -> tuple[str, str | None]:
+def choose_step_path(requested: str, device: torch.device, modules, cfg: TrainConfig | None = None,
+                     world: int = 1, capturer=None) -> tuple[str, str | None]:
     """(path, reason): 'eager' (with the reason the static step is not used) or the static step's
-    path: capturer.name ('cuda_graph' for auto on a GPU), or 'static' (uncaptured, any device)."""
+    path: capturer.name ('cuda_graph' for auto on a GPU), or 'static' (uncaptured, any device).
+    cfg None: not a training step but a forward-only evaluation (grokmath.analysis.evaluate), so
+    the reasons say 'forward' and 'evaluation'."""
+    what, job, flag = ("step", "run", " (--no-capture)") if cfg is not None else ("forward", "evaluation", "")
     if requested not in PATHS:
         raise ValueError(f"step_path={requested!r}: use one of {PATHS}")
     if requested == "eager":
-        return "eager", "the eager step was asked for (--no-capture)"
+        return "eager", f"the eager {what} was asked for{flag}"
     if world > 1:
         return "eager", "data-parallel training (DistributedDataParallel) runs the eager step"
-    if cfg.skip_nonfinite:
+    if cfg is not None and cfg.skip_nonfinite:
         return "eager", "--skip-nonfinite decides on the host at every step whether to skip it"
     if hooks_attached(modules):
-        return "eager", "hooks are attached to the model (a captured step would not run them)"
+        return "eager", f"hooks are attached to the model (a captured {what} would not run them)"
     if requested == "static":
         return ("static" if capturer is None else capturer.name), None
     if device.type != "cuda":
-        return "eager", f"the captured step needs a CUDA GPU; this run is on {device.type}"
+        return "eager", f"the captured {what} needs a CUDA GPU; this {job} is on {device.type}"
     return (capturer or CUDAGraphCapture()).name, None
 
 
@@ -174,7 +177,8 @@ class StaticStep:
         self.row = torch.zeros((), dtype=torch.int64, device=device)
         # one spare row at the end: a step past the capacity (a bug) writes there, and the flush says so
         self.rows = torch.full((self.K, flush_every + 1, len(columns)), math.nan, dtype=torch.float64, device=device)
-        self.test_columns = torch.tensor([c.startswith("test_") for c in columns[2:]], device=device)
+        self.columns = columns
+        self.test_columns = torch.tensor([c.startswith("test_") for c in columns[len(HEAD):]], device=device)
         self.test_sums = torch.zeros(self.K, 3, self.n_pred, dtype=torch.float64, device=device)
         self.tested = torch.zeros((), dtype=torch.bool, device=device)
         self.pending, self.first_pending = 0, start  # rows in the buffer, and the step of the first
@@ -265,14 +269,14 @@ class StaticStep:
             rows = []
             for k in range(K):
                 batch = Batch(self.tokens[k], self.targets[k], None if self.mask is None else self.mask[k])
-                sums = tuple(self.test_sums[k]) if self.has_test else None
+                sums = ScoreSums(*self.test_sums[k]) if self.has_test else None
                 rows.append(metric_row(losses[k], nll[k], logits[k], batch, None if self.cases is None
                                        else self.cases[k], sums, self.has_test, self.n_pred))
-            values = torch.stack(rows)  # [K, n_columns - 2]
+            values = torch.stack(rows)  # [K, n_columns - len(HEAD)]
             if self.has_test:  # NaN in the test columns unless test_fn ran before this step
                 values = torch.where(self.test_columns & ~self.tested, math.nan, values)
                 self.tested.fill_(False)
-            head = torch.stack([self.step.to(torch.float64), lr]).expand(K, 2)
+            head = torch.stack([self.step.to(torch.float64), lr]).expand(K, len(HEAD))  # HEAD: step, lr
             at = self.row.clamp(max=self.rows.shape[1] - 1).view(1)
             self.rows.index_copy_(1, at, torch.cat([head, values], dim=1)[:, None])
             self.row += 1
@@ -309,13 +313,14 @@ class StaticStep:
                                     f"{n} up to step {first + n}: rerun with --no-capture")
         values = values[:, :n]
         steps = np.arange(first, first + n)
-        if not (values[:, :, 0] == steps).all():
-            raise CapturedStepError(f"the captured step wrote rows for steps {values[0, :, 0].tolist()} where the "
+        step_of, lr_of = values[..., self.columns.index("step")], values[..., self.columns.index("lr")]  # [K, n]
+        if not (step_of == steps).all():
+            raise CapturedStepError(f"the captured step wrote rows for steps {step_of[0].tolist()} where the "
                                     f"loop ran steps {first}..{first + n - 1}: rerun with --no-capture")
         expected = np.array([self.cfg.lr * lr_factor(self.cfg, int(s)) for s in steps])
         # exact on a CPU; a GPU's float64 cos may be an ulp or two off (near the cosine's end, where it is 0)
         rtol, atol = (0.0, 0.0) if self.device.type == "cpu" else (1e-12, 1e-14 * self.cfg.lr)
-        if not np.all(np.abs(values[:, :, 1] - expected) <= rtol * np.abs(expected) + atol):
+        if not np.all(np.abs(lr_of - expected) <= rtol * np.abs(expected) + atol):
             raise CapturedStepError(f"the captured step's learning rate drifted from the schedule between steps "
                                     f"{first} and {first + n - 1}: rerun with --no-capture")
         if self.replay_train is not self.train_fn and hooks_attached(self.models.torch_modules()):

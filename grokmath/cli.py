@@ -7,7 +7,7 @@ defaults and --help taken from grokmath/experiments.py; a script adds its task's
 calls `run_training(args, task_options)`, which turns the flags into configs and hands them to
 grokmath.run (the orchestration lives there, not here). `--resume RUN_DIR` accepts the other flags
 when they equal the run's saved settings (re-type the command you ran and add --resume) and names
-the ones that differ. `main_guard(main)` is the error edge: a mistake a user can make
+the ones that differ. `main_guard(main)` (grokmath.guard) is the error edge: a mistake a user can make
 (ValueError, a bad file) becomes one line on stderr and exit status 2, never a traceback; an
 interrupted run says how to resume it, and a signal at any other moment says what was kept. This
 module imports nothing heavy at its top (torch, pandas, the rest of grokmath load inside the
@@ -19,19 +19,15 @@ import argparse
 import json
 import math
 import os
-import shlex
-import signal
 import sys
-import threading
 from dataclasses import fields
 from pathlib import Path
 
-from .config import TrainConfig, is_whole, model_config_for
-from .errors import NonFiniteLoss, SignalOutsideLoop, TrainingInterrupted, defer_signal, note_signal, received_signal
+from .config import TrainConfig, config_differences, is_whole, model_config_for
+from .guard import EXIT_USAGE, main_guard  # noqa: F401 (main_guard: the scripts' cli.main_guard)
 
 # torch, pandas and the rest of grokmath are imported inside the functions that use them, so that a
 # script reaches main_guard (its signal handler and one-line errors) before those slow imports
-EXIT_USAGE = 2
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -309,9 +305,8 @@ def check_default_name_free(run_dirs: list, fresh: dict) -> None:
             saved = None
         if saved is None:
             continue
-        differ = [f"{key} {shown(saved[section].get(key))}, here {shown(value)}"
-                  for section in ("model", "task", "train") for key, value in fresh[section].items()
-                  if key != "seed" and json.loads(json.dumps(value)) != json.loads(json.dumps(saved[section].get(key)))]
+        differ = [f"{key} {shown(old)}, here {shown(new)}"
+                  for _, key, old, new in config_differences(saved, fresh, ignore={"seed"})]
         if differ:
             raise ValueError(f"{run_dir} already holds a run with other settings ({'; '.join(differ)}): give this "
                              "run its own folder with --run-name NAME (or --overwrite to replace that run)")
@@ -337,12 +332,13 @@ def check_resume_flags(args, task_options: dict, data, n_train, run_name, insert
     fresh = {"model": model_cfg.to_dict(), "task": task.options(), "train": train_cfg.to_dict()}
     seeds = [RunDir(m).read_config()["train"]["seed"] for m in members] if len(members) > 1 else None
     option_of = {experiments.FLAG_NAMES.get(k, k): k for k in config["task"] if k != "name"}
+    changed = {(section, key): (old, new) for section, key, old, new in config_differences(config, fresh)}
     differ = []
 
-    def compare(dest, section, key, transform=lambda v: v):
-        ours, saved = transform(fresh[section][key]), transform(config[section].get(key))
-        if json.loads(json.dumps(ours)) != json.loads(json.dumps(saved)):
-            differ.append((dest, f"{key} {shown(saved)}, given {shown(ours)}"))
+    def compare(dest, section, key):
+        if (section, key) in changed:
+            old, new = changed[section, key]
+            differ.append((dest, f"{key} {shown(old)}, given {shown(new)}"))
 
     for dest in given:
         if dest in MODEL_FIELDS:
@@ -351,7 +347,9 @@ def check_resume_flags(args, task_options: dict, data, n_train, run_name, insert
             if seeds is None:
                 compare(dest, "train", "seed")
         elif dest == "beta2":
-            compare(dest, "train", "betas", lambda betas: betas[1])
+            beta2, saved = fresh["train"]["betas"][1], config["train"].get("betas")[1]
+            if beta2 != saved:
+                differ.append((dest, f"betas {shown(saved)}, given {shown(beta2)}"))
         elif dest in TRAIN_FIELDS:
             compare(dest, "train", dest)
         elif dest == "finite":
@@ -410,82 +408,3 @@ def report(result) -> None:
 
 def _warn(message: str) -> None:
     print(message, file=sys.stderr)
-
-
-_IMPORTING = {"signum": None}  # a signal that came while a module was importing: raised just after
-
-
-def _importing(frame) -> bool:
-    """Is the interrupted code inside an import? An exception raised there can reach C++ code that
-    torch's import calls back from, which aborts the process (SIGABRT) instead of unwinding."""
-    while frame is not None:
-        if frame.f_code.co_filename.startswith("<frozen importlib"):
-            return True
-        frame = frame.f_back
-    return False
-
-
-def _raise_signal_outside_loop(signum, frame):
-    if signum == signal.SIGALRM:  # the re-check of a signal held back during an import
-        signum = _IMPORTING["signum"]
-        if signum is None:
-            return
-    if _importing(frame):  # hold it until the import is done: look again in 20 ms
-        _IMPORTING["signum"] = _IMPORTING["signum"] or signum
-        signal.setitimer(signal.ITIMER_REAL, 0.02)
-        return
-    _IMPORTING["signum"] = None
-    note_signal(signum)
-    if not defer_signal(signum):  # a run folder's files being moved: raised once the move is done
-        raise SignalOutsideLoop(signum)
-
-
-def main_guard(main, argv=None) -> None:
-    """Run main(argv) and turn a user's mistake into one line on stderr and exit status 2. From its
-    first line on, SIGTERM and SIGINT raise SignalOutsideLoop (the training loop installs its own
-    handler, which saves a checkpoint first): a signal at any moment gives one line saying what was
-    kept and exit status 128 + the signal's number. A signal that comes during an import is raised
-    as soon as the import is done (SIGALRM looks again every 20 ms)."""
-    prog = Path(sys.argv[0]).name
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # torchrun: each rank speaks for itself
-        prog += f" (rank {os.environ.get('RANK', '?')})"
-    debug = os.environ.get("GROKMATH_DEBUG")
-    handled = (signal.SIGINT, signal.SIGTERM, signal.SIGALRM)
-    main_thread = threading.current_thread() is threading.main_thread()
-    _IMPORTING["signum"] = None
-    note_signal(None)
-    previous = {sig: signal.signal(sig, _raise_signal_outside_loop) for sig in handled} if main_thread else {}
-    try:
-        main(argv)
-        if received_signal() is not None:  # swallowed on the way (after the loop: the work is complete)
-            raise SignalOutsideLoop(received_signal())
-    except TrainingInterrupted as e:
-        resume = ""
-        if getattr(e, "run_dir", None):
-            resume = "; resume with: " + shlex.join(["python", sys.argv[0], "--resume", str(e.run_dir)])
-        print(f"{prog}: {e}{resume}", file=sys.stderr)
-        sys.exit(128 + e.signum)
-    except NonFiniteLoss as e:
-        print(f"{prog}: error: {e}", file=sys.stderr)
-        sys.exit(1)
-    except KeyboardInterrupt:
-        print(f"{prog}: interrupted", file=sys.stderr)
-        sys.exit(128 + signal.SIGINT)
-    except (ValueError, OSError) as e:
-        if debug:
-            raise
-        message = str(e).splitlines()[0] if str(e) else type(e).__name__
-        print(f"{prog}: error: {message}", file=sys.stderr)
-        sys.exit(EXIT_USAGE)
-    except (MemoryError, RuntimeError) as e:  # torch's out-of-memory errors; any other is a bug: a traceback
-        if debug or not (isinstance(e, MemoryError) or type(e).__name__ == "OutOfMemoryError"):
-            raise
-        print(f"{prog}: error: out of memory ({str(e).splitlines()[0] if str(e) else 'no detail'}): lower "
-              "--batch-size or the model's size", file=sys.stderr)
-        sys.exit(EXIT_USAGE)
-    finally:
-        note_signal(None)
-        if main_thread:
-            signal.setitimer(signal.ITIMER_REAL, 0)
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)

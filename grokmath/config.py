@@ -11,6 +11,7 @@ The seed experiments' values live in grokmath/experiments.py, not here.
 """
 from __future__ import annotations
 
+import json
 import math
 import numbers
 from dataclasses import asdict, dataclass, fields
@@ -97,6 +98,16 @@ def from_dict(cls, d: dict):
     if unknown:
         raise ValueError(f"{cls.__name__} has no field(s) {unknown}: known fields are {sorted(known)}")
     return cls(**d)
+
+
+def config_differences(saved: dict, fresh: dict, ignore=()) -> list[tuple[str, str, object, object]]:
+    """Where two run configs ({"model": ..., "task": ..., "train": ...}, as config.json holds them)
+    differ: (section, key, saved value, fresh value) for each key of `fresh` (in its order) not in
+    `ignore`, compared as JSON (a tuple equals its list)."""
+    as_json = lambda value: json.loads(json.dumps(value))  # noqa: E731
+    return [(section, key, saved[section].get(key), value)
+            for section in ("model", "task", "train") for key, value in fresh[section].items()
+            if key not in ignore and as_json(value) != as_json(saved[section].get(key))]
 
 
 def model_config_for(task, **settings) -> ModelConfig:

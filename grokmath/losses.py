@@ -9,6 +9,8 @@ Nothing here calls `.item()`, so the training loop can keep these on the device.
 """
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 
 
@@ -73,10 +75,17 @@ def score(pred_logits: torch.Tensor, batch) -> dict[str, torch.Tensor]:
             "seq_acc": sequence_accuracy(pred_logits, batch.targets, mask)}
 
 
+class ScoreSums(NamedTuple):
+    """Per-position sums over a scored set, each [n_pred] float64."""
+    nll: torch.Tensor  # the scored entries' nll, summed
+    correct: torch.Tensor  # how many of them the model got right
+    count: torch.Tensor  # how many were scored
+
+
 @torch.no_grad()
-def score_sums(forward, batch, chunk: int = 8192):
+def score_sums(forward, batch, chunk: int = 8192) -> ScoreSums:
     """Per-position sums over a (possibly large) batch, `chunk` rows per forward:
-    (nll sum, correct count, scored count), each [n_pred] float64.
+    ScoreSums(nll, correct, count), each [n_pred] float64.
     forward(tokens [rows, n_ctx]) -> logits at the answer positions [rows, n_pred, vocab]."""
     nll_sum = correct_sum = count = 0
     for start in range(0, len(batch), chunk):
@@ -88,7 +97,7 @@ def score_sums(forward, batch, chunk: int = 8192):
         nll_sum = nll_sum + torch.where(weight > 0, nll, torch.zeros_like(nll)).sum(0)
         correct_sum = correct_sum + (right * weight).sum(0)
         count = count + weight.sum(0)
-    return nll_sum, correct_sum, count
+    return ScoreSums(nll_sum, correct_sum, count)
 
 
 def case_sums(nll: torch.Tensor, case_masks: torch.Tensor, mask: torch.Tensor | None = None):

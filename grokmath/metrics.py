@@ -10,13 +10,15 @@ import pandas as pd
 import torch
 
 from .config import TrainConfig
-from .losses import case_losses, correct, masked_mean, per_position_loss
+from .losses import ScoreSums, case_losses, correct, masked_mean, per_position_loss
+
+HEAD = ("step", "lr")  # a row's first columns, known on the host; metric_row builds the rest
 
 
 def metric_columns(task, has_test: bool, case_names: list[str]) -> list[str]:
     """The metrics.csv columns, in the order the loop writes them."""
     labels = list(task.pred_labels)
-    columns = ["step", "lr", "train_loss", "test_loss", "train_acc"]
+    columns = [*HEAD, "train_loss", "test_loss", "train_acc"]
     columns += ["test_acc"] if has_test else []
     columns += [f"loss_{label}" for label in labels]
     columns += [f"test_loss_{label}" for label in labels] if has_test else []
@@ -68,6 +70,10 @@ class MetricsLog:
             raise ValueError(f"metrics.csv lacks rows before step {before_step}: the run cannot be resumed exactly")
         self.host = frame.to_numpy(dtype=np.float64)
 
+    def column(self, name: str, start: int = 0) -> np.ndarray:
+        """One column of the host rows from row `start` on, read by its metrics.csv name."""
+        return self.host[start:, self.columns.index(name)]
+
     def frame(self, start: int = 0) -> pd.DataFrame:
         frame = pd.DataFrame(self.host[start:], columns=self.columns)
         frame["step"] = frame["step"].astype(np.int64)
@@ -81,8 +87,9 @@ class MetricsLog:
         return "".join(self.csv_parts)
 
 
-def metric_row(loss, nll, logits, batch, cases, test_sums, has_test: bool, n_pred: int) -> torch.Tensor:
-    """One step's values in metric_columns order (after step and lr), kept on the device.
+def metric_row(loss, nll, logits, batch, cases, test_sums: ScoreSums | None, has_test: bool,
+               n_pred: int) -> torch.Tensor:
+    """One step's values in metric_columns order (after HEAD: step and lr), kept on the device.
     cases: [n_cases, batch, n_pred] bool or None; test_sums: losses.score_sums(...) on the test set, or None
     when the test set was not measured this step (NaN then)."""
     nll, mask = nll.detach(), batch.mask
@@ -91,9 +98,9 @@ def metric_row(loss, nll, logits, batch, cases, test_sums, has_test: bool, n_pre
     if test_sums is None:
         test_loss, test_acc, test_per_pos = nan, nan, nan.expand(n_pred)
     else:
-        nll_sum, right_sum, count = test_sums  # each [n_pred]
-        test_loss, test_acc = (nll_sum.sum() / count.sum())[None], (right_sum.sum() / count.sum())[None]
-        test_per_pos = nll_sum / count
+        count = test_sums.count  # [n_pred]
+        test_loss, test_acc = (test_sums.nll.sum() / count.sum())[None], (test_sums.correct.sum() / count.sum())[None]
+        test_per_pos = test_sums.nll / count
     parts = [loss.detach()[None], test_loss, masked_mean(right, mask)[None]]
     parts += [test_acc] if has_test else []
     parts += [per_position_loss(nll, mask)]  # [n_pred]

@@ -24,7 +24,8 @@ from .model import Attention, Transformer
 
 
 class StackedModels:
-    """K models (one per seed) of `model_cfg`'s shape, weights stacked on a leading [K] axis."""
+    """K models (one per seed) of `model_cfg`'s shape, weights stacked on a leading [K] axis; the loop
+    steps them through grokmath.step's SteppedModels protocol, as it does OneModel."""
 
     def __init__(self, model_cfg: ModelConfig, seeds: list[int], device="cpu"):
         if len(set(seeds)) != len(seeds):

@@ -15,8 +15,9 @@ LambdaLR) or warm-up + cosine decay, on one of three data regimes (`cfg.data`):
 Every step records the train loss (float64 log-softmax), each scored position's loss, each
 case's loss (`task.case_masks`) and the accuracy; these stay on the device and reach the host in
 chunks, so a step costs no synchronisation. In order, a step: checkpoint (every N steps), sample,
-test-set score, then `train_step` (forward, backward, Grokfast filter, optimizer step: one
-function of the models, the batch tensors and the optimizer), scheduler step, record.
+test-set score, then `train_step` (grokmath.step: forward, backward, Grokfast filter, optimizer
+step: one function of the models, the batch tensors and the optimizer), scheduler step, record.
+The device, torchrun's ranks, signals and TF32 are grokmath.devices'.
 
 Each run folder (grokmath.checkpoint) gets `metrics.csv` (flushed at every checkpoint), model
 checkpoints and resumable states; the folders are made beforehand (grokmath.run). `resume=True`
@@ -37,9 +38,8 @@ allows TF32 matmuls on the GPU for the run (fp32 otherwise).
 from __future__ import annotations
 
 import signal
-import threading
 import time
-from contextlib import ExitStack, contextmanager, nullcontext
+from contextlib import ExitStack, nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -51,13 +51,16 @@ from tqdm.auto import tqdm
 
 from .announce import StepTimer, run_header
 from .capture import CUDAGraphCapture, StaticStep, choose_step_path, eager_filter, static_filter
-from .checkpoint import RunDir, atomic_write_json, load_latest_states, load_state_dict_checked
+from .checkpoint import RunDir, atomic_write_json, load_latest_states
 from .config import ModelConfig, TrainConfig
-from .errors import NonFiniteLoss, TrainingInterrupted, TrainingStopped, received_signal  # noqa: F401 (also grokmath.train's)
-from .losses import masked_mean, pred_log_probs, score_sums
+from .devices import (agreed_signal, check_data_parallel, data_parallel_rank, rank_seed,  # noqa: F401 (re-exported)
+                      resolve_device, stop_on_signals, tf32_matmuls)
+from .errors import NonFiniteLoss, TrainingInterrupted, TrainingStopped  # noqa: F401 (also grokmath.train's)
+from .losses import score_sums
 from .metrics import MetricsLog, metric_columns, metric_row, summarize
 from .multiseed import StackedModels
 from .schedule import lr_factor, make_optimizer  # noqa: F401 (lr_factor: the loop's schedule, re-exported)
+from .step import OneModel, all_finite, stack_batches, train_step  # train_step: called as this module's (tests wrap it)
 from .tasks.base import Batch, fixed_split
 from .tracking import log_rows
 
@@ -75,49 +78,6 @@ class TrainResult:
 
 
 # ---- pieces of the loop ---------------------------------------------------------------------
-
-def resolve_device(name: str | None = None) -> torch.device:
-    """'cuda' when available else 'cpu' for None; a named device must exist."""
-    if name is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ValueError(f"device {name!r} is not a device torch knows: use 'cpu' or 'cuda'") from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError(f"device {name!r} was asked for but no CUDA GPU is available: use --device cpu")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise ValueError(f"device {name!r} does not exist ({torch.cuda.device_count()} GPU(s)): use cuda:0")
-    elif device.type != "cpu":
-        raise ValueError(f"device {name!r} is not supported: use 'cpu' or 'cuda'")
-    return device
-
-
-def data_parallel_rank() -> tuple[int, int]:
-    """(rank, world size) of this process under torch.distributed; (0, 1) without it."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return 0, 1
-
-
-def rank_seed(seed: int, rank: int) -> int:
-    """The data seed of one rank: rank 0 draws what a single process would, the others differ."""
-    return seed + 1_000_003 * rank
-
-
-def check_data_parallel(cfg: TrainConfig, world: int, resume: bool) -> None:
-    if cfg.data != "infinite":
-        raise ValueError("data-parallel training needs a fresh batch each step (infinite data): "
-                         "train finite or full-batch runs in one process")
-    if cfg.batch_size % world:
-        raise ValueError(f"--batch-size {cfg.batch_size} does not divide among {world} processes: "
-                         f"use a multiple of {world}")
-    if resume:
-        raise ValueError("--resume is for single-process runs: resume without torchrun")
-    if cfg.grokfast is not None or cfg.skip_nonfinite:
-        raise ValueError("--grokfast and --skip-nonfinite are for single-process runs")
-
 
 class TrainData:
     """The batches of one data regime, drawn with one seeded generator, with their case masks."""
@@ -167,120 +127,6 @@ def probe_batch(task, cfg: TrainConfig):
     if cfg.data == "infinite":
         return task.sample(4, probe_gen)
     return task.split(cfg.n_train if cfg.data == "finite" else None, probe_gen)[0].index(slice(0, 4))
-
-
-@contextmanager
-def stop_on_signals(enabled: bool = True):
-    """While active, SIGINT/SIGTERM only set flag['signum']; the loop stops at the next step.
-    A second SIGINT interrupts at once."""
-    flag = {"signum": received_signal()}  # one that came before the loop, its exception swallowed
-    if not enabled or threading.current_thread() is not threading.main_thread():
-        yield flag
-        return
-
-    def handler(signum, frame):
-        if flag["signum"] is not None and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        flag["signum"] = signum
-
-    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield flag
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
-
-
-def agreed_signal(flag, world: int, device) -> int | None:
-    """The signal that stops the loop at this step: this process's, or under torchrun the largest
-    any rank has received (all ranks stop at one step, or the others would wait in a collective)."""
-    if world == 1:
-        return flag["signum"]
-    signum = torch.tensor([flag["signum"] or 0], device=device)
-    torch.distributed.all_reduce(signum, op=torch.distributed.ReduceOp.MAX)
-    return int(signum.item()) or None
-
-
-class OneModel:
-    """One model as the loop sees models: a stack of K = 1 (see grokmath.multiseed for K > 1).
-    `forward_module` is what runs the forward (the model, or its DistributedDataParallel)."""
-
-    seeds = None
-
-    def __init__(self, model: torch.nn.Module, forward_module=None):
-        self.module, self.forward_module = model, forward_module or model
-
-    def __len__(self) -> int:
-        return 1
-
-    def forward(self, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        """tokens [1, batch, n_ctx] -> logits [1, batch, n_pred, d_vocab_out]."""
-        return self.forward_module(tokens[0], positions=positions)[None]
-
-    def named_parameters(self):
-        return self.module.named_parameters()
-
-    def parameters(self):
-        return self.module.parameters()
-
-    def model(self, k: int) -> torch.nn.Module:
-        return self.module
-
-    def torch_modules(self) -> list[torch.nn.Module]:
-        return [self.forward_module]
-
-    def model_state(self, k: int) -> dict:
-        return {name: v.detach().cpu() for name, v in self.module.state_dict().items()}
-
-    def load_model_states(self, states: list[dict]) -> None:
-        device = next(self.module.parameters()).device
-        load_state_dict_checked(self.module, {k: v.to(device) for k, v in states[0].items()},
-                                "resumable checkpoint")
-
-    def optimizer_state(self, optimizer, k: int) -> dict:
-        return optimizer.state_dict()
-
-    def load_optimizer_states(self, optimizer, states: list[dict]) -> None:
-        optimizer.load_state_dict(states[0])
-
-    def filter_state(self, grad_filter, k: int) -> dict:
-        return grad_filter.state_dict()
-
-    def load_filter_states(self, grad_filter, states: list[dict]) -> None:
-        grad_filter.load_state_dict(states[0])
-
-
-def stack_batches(batches: list[Batch]) -> Batch:
-    """K batches of one shape as one with a leading [K] axis (K = 1: views, no copy)."""
-    if len(batches) == 1:
-        b = batches[0]
-        return Batch(b.tokens[None], b.targets[None], None if b.mask is None else b.mask[None])
-    mask = None if batches[0].mask is None else torch.stack([b.mask for b in batches])
-    return Batch(torch.stack([b.tokens for b in batches]), torch.stack([b.targets for b in batches]), mask)
-
-
-def all_finite(models) -> bool:
-    return bool(torch.stack([torch.isfinite(p).all() for p in models.parameters()]).all())
-
-
-def train_step(models, batch: Batch, positions: torch.Tensor, optimizer, grad_filter=None,
-               skip_nonfinite: bool = False):
-    """One optimizer step of the K models on their batches (tokens, targets and mask each [K, ...]):
-    forward, float64 loss, backward, Grokfast filter, AdamW. Returns (losses [K], nll [K, batch,
-    n_pred], logits [K, batch, n_pred, vocab], skipped); a skipped step changes no weight."""
-    logits = models.forward(batch.tokens, positions)  # [K, batch, n_pred, d_vocab_out]
-    nll = -pred_log_probs(logits, batch.targets)  # [K, batch, n_pred] float64
-    masks = [None] * len(models) if batch.mask is None else batch.mask
-    losses = torch.stack([masked_mean(nll[k], masks[k]) for k in range(len(models))])  # [K]
-    skipped = skip_nonfinite and not bool(torch.isfinite(losses).all())  # a sync only when skipping is on
-    if not skipped:
-        losses.sum().backward()  # the sum: each model gets exactly the gradient of its own loss
-        with torch.no_grad():
-            if grad_filter is not None:
-                grad_filter.apply(models)
-            optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
-    return losses, nll, logits, skipped
 
 
 # ---- the loop ---------------------------------------------------------------------------------
@@ -337,17 +183,6 @@ def run_loop(models, task, cfgs: list[TrainConfig], run_dirs: list, device: torc
     with tf32_matmuls(cfgs[0].tf32), on_device:
         return _run_loop(models, task, cfgs, run_dirs, device, resume, progress, warn, after_step, step_path,
                          capturer)
-
-
-@contextmanager
-def tf32_matmuls(enabled: bool):
-    """CUDA float32 matmuls in TF32 (tensor cores, ~1e-3 relative error) only when asked; fp32 otherwise."""
-    before = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = enabled
-    try:
-        yield
-    finally:
-        torch.backends.cuda.matmul.allow_tf32 = before
 
 
 def _run_loop(models, task, cfgs, run_dirs, device, resume, progress, warn, after_step, step_path, capturer):
@@ -417,10 +252,10 @@ def _run_loop(models, task, cfgs, run_dirs, device, resume, progress, warn, afte
         for log in logs:
             log.to_host()
         for k, log in enumerate(logs):
-            losses = log.host[checked:, 2]
+            losses = log.column("train_loss", checked)
             bad = np.flatnonzero(~np.isfinite(losses))
             if len(bad) and not cfg.skip_nonfinite:
-                bad_step = int(log.host[checked + bad[0], 0])
+                bad_step = int(log.column("step", checked)[bad[0]])
                 last_good = (bad_step // cfg.checkpoint_every) * cfg.checkpoint_every
                 for run, run_log in zip(runs, logs):
                     if run is not None:
@@ -520,7 +355,7 @@ def _run_loop(models, task, cfgs, run_dirs, device, resume, progress, warn, afte
             if (step + 1) % FLUSH_EVERY == 0:
                 flush()
                 if bar is not None:
-                    bar.set_postfix(loss=f"{np.mean([log.host[-1, 2] for log in logs]):.4g}")
+                    bar.set_postfix(loss=f"{np.mean([log.column('train_loss')[-1] for log in logs]):.4g}")
         save(cfg.steps)
     seconds = time.time() - started
     results = []

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 import grokmath.checkpoint
+import grokmath.rundir
 import grokmath.files
 import grokmath.memory
 from grokmath.checkpoint import REPLACED, REPLACING, RunDir, load_latest_states, prepare_runs, safe_load
@@ -36,7 +37,7 @@ class Killed(BaseException):
 
 
 def kill_after(monkeypatch, n_ops: int):
-    """Make the n_ops+1-th file move or removal of a move aside (os.replace, checkpoint._remove, os.rmdir)
+    """Make the n_ops+1-th file move or removal of a move aside (os.replace, rundir._remove, os.rmdir)
     a kill."""
     done = [0]
 
@@ -48,9 +49,9 @@ def kill_after(monkeypatch, n_ops: int):
             return real(*args, **kwargs)
         return op
 
-    monkeypatch.setattr(grokmath.checkpoint.os, "replace", counted(os.replace))
-    monkeypatch.setattr(grokmath.checkpoint.os, "rmdir", counted(os.rmdir))
-    monkeypatch.setattr(grokmath.checkpoint, "_remove", counted(grokmath.checkpoint._remove))
+    monkeypatch.setattr(grokmath.rundir.os, "replace", counted(os.replace))
+    monkeypatch.setattr(grokmath.rundir.os, "rmdir", counted(os.rmdir))
+    monkeypatch.setattr(grokmath.rundir, "_remove", counted(grokmath.rundir._remove))
 
 
 # The states: (direction, kill after n moves). A finished tiny run has 4 entries (checkpoints, config.json,
@@ -230,7 +231,7 @@ def test_a_signal_during_the_move_waits_for_it_then_puts_the_run_back(capsys, mo
             os.kill(os.getpid(), signal.SIGTERM)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(grokmath.checkpoint.os, "replace", replace_and_signal)
+    monkeypatch.setattr(grokmath.rundir.os, "replace", replace_and_signal)
     run = copy_run(base_runs, "add", tmp_path)
     before = user_files(run)
     expect_error(capsys, "train_addition", [*TINY, "--steps", "9", "--out", str(run.parent), "--run-name", "add",

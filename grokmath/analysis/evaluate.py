@@ -37,7 +37,7 @@ from contextlib import nullcontext
 import torch
 from tqdm.auto import tqdm
 
-from ..capture import PATHS, CUDAGraphCapture, first_line, hooks_attached
+from ..capture import CUDAGraphCapture, choose_step_path, first_line
 from ..config import check_whole
 from ..losses import correct
 from ..memory import check_fits, forward_bytes
@@ -127,7 +127,7 @@ def evaluate(model, task, n_questions: int = 1_000_000, batch_size: int | None =
     else:
         seed = None  # the caller's generator decides the questions
     sampler = question_sampler(task, enrich)
-    path, reason = eval_path(step_path, device, model, capturer)
+    path, reason = choose_step_path(step_path, device, [model], capturer=capturer)  # cfg None: a forward
     start = time.perf_counter()
     bar = tqdm(total=n_questions, unit="q", unit_scale=True, disable=not progress, desc="evaluate")
     try:
@@ -162,21 +162,6 @@ def evaluate(model, task, n_questions: int = 1_000_000, batch_size: int | None =
         "path": path, "path_reason": reason,
         "seconds": time.perf_counter() - start,
     }
-
-
-def eval_path(requested: str, device: torch.device, model, capturer=None) -> tuple[str, str | None]:
-    """(path, reason) as grokmath.capture.choose_step_path, for the forward-only evaluation."""
-    if requested not in PATHS:
-        raise ValueError(f"step_path={requested!r}: use one of {PATHS}")
-    if requested == "eager":
-        return "eager", "the eager forward was asked for"
-    if hooks_attached([model]):
-        return "eager", "hooks are attached to the model (a captured forward would not run them)"
-    if requested == "static":
-        return ("static" if capturer is None else capturer.name), None
-    if device.type != "cuda":
-        return "eager", f"the captured forward needs a CUDA GPU; this evaluation is on {device.type}"
-    return (capturer or CUDAGraphCapture()).name, None
 
 
 def eager_counts(model, task, sampler, generator, n_questions, batch_size, device, max_failures, bar):
