@@ -18,9 +18,6 @@ from .errors import NonFiniteLoss, SignalOutsideLoop, TrainingInterrupted, defer
 EXIT_USAGE = 2
 
 
-_IMPORTING = {"signum": None}  # a signal that came while a module was importing: raised just after
-
-
 def _importing(frame) -> bool:
     """Is the interrupted code inside an import? An exception raised there can reach C++ code that
     torch's import calls back from, which aborts the process (SIGABRT) instead of unwinding."""
@@ -33,15 +30,14 @@ def _importing(frame) -> bool:
 
 def _raise_signal_outside_loop(signum, frame):
     if signum == signal.SIGALRM:  # the re-check of a signal held back during an import
-        signum = _IMPORTING["signum"]
+        signum = received_signal()
         if signum is None:
             return
+    else:
+        note_signal(signum)  # kept: raised after an import, read by the loop if an `except` swallows it
     if _importing(frame):  # hold it until the import is done: look again in 20 ms
-        _IMPORTING["signum"] = _IMPORTING["signum"] or signum
         signal.setitimer(signal.ITIMER_REAL, 0.02)
         return
-    _IMPORTING["signum"] = None
-    note_signal(signum)
     if not defer_signal(signum):  # a run folder's files being moved: raised once the move is done
         raise SignalOutsideLoop(signum)
 
@@ -58,7 +54,6 @@ def main_guard(main, argv=None) -> None:
     debug = os.environ.get("GROKMATH_DEBUG")
     handled = (signal.SIGINT, signal.SIGTERM, signal.SIGALRM)
     main_thread = threading.current_thread() is threading.main_thread()
-    _IMPORTING["signum"] = None
     note_signal(None)
     previous = {sig: signal.signal(sig, _raise_signal_outside_loop) for sig in handled} if main_thread else {}
     try:

@@ -224,12 +224,13 @@ def _load_run_sae(run, sae_dir):
 
     if not is_arithmetic(run.task):
         raise ValueError(f"--sae scores features against the ground truth, which the {run.task.name} task lacks")
-    sae, _, config = load_sae(sae_dir, device=next(run.model.parameters()).device)
+    device = next(run.model.parameters()).device
+    sae, _, config = load_sae(sae_dir, device=device)
     hook = config.get("hook")
     if hook not in run.model.hook_dict:
         raise ValueError(f"{sae_dir} was trained on hook {hook!r}, which this model lacks: give an SAE of this run")
     one = question_sampler(run.task, enrich=False).sample(1, torch.Generator().manual_seed(0)).tokens
-    _, cache = run.model.run_with_cache(one.to(next(run.model.parameters()).device), names_filter=[hook])
+    _, cache = run.model.run_with_cache(one.to(device), names_filter=[hook])
     if cache[hook].shape[-1] != sae.d_in:
         raise ValueError(f"{sae_dir} reads {sae.d_in} numbers per position, but {hook} of this model has "
                          f"{cache[hook].shape[-1]}: give an SAE of this run")
