@@ -45,8 +45,8 @@ def main(argv=None):
     from grokmath.analysis import ablation
     from grokmath.analysis.common import question_sampler
     from grokmath.analysis.opening import open_run
-    from grokmath.checkpoint import atomic_write_text, refuse_existing
-    from grokmath.train import resolve_device
+    from grokmath.store.checkpoint import atomic_write_text, refuse_existing
+    from grokmath.training.train import resolve_device
 
     device = resolve_device(args.device)
     run = open_run(args.run_dir, step=args.checkpoint, device=device)

@@ -39,7 +39,7 @@ def main(argv=None):
     from grokmath.analysis.attention import plot_attention_grid
     from grokmath.analysis.common import question_sampler
     from grokmath.analysis.opening import open_run
-    from grokmath.checkpoint import refuse_existing
+    from grokmath.store.checkpoint import refuse_existing
 
     run = open_run(args.run_dir, step=args.checkpoint)
     task = run.task

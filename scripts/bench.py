@@ -9,7 +9,7 @@ evaluation against training throughput, and peak memory. --csv writes the table.
 the job's wall time (captured and eager step), the steady-state step against the straightforward
 loop, a --questions evaluation, and --seeds K (default 64) stacked seeds' model-steps/s against
 one model alone, each with the achieved FLOP/s against the GPU's fp32 peak (datasheet, and a
-large fp32 matmul timed on the spot). The FLOP count is grokmath.bench.forward_flops's.
+large fp32 matmul timed on the spot). The FLOP count is grokmath.tools.bench.forward_flops's.
 
 Example:
     python scripts/bench.py --quick
@@ -27,9 +27,9 @@ import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
 from grokmath import cli  # noqa: E402
-from grokmath.bench import TASKS, bench_figures, bench_seeds, bench_task  # noqa: E402
-from grokmath.checkpoint import atomic_write_text, refuse_existing  # noqa: E402
-from grokmath.train import resolve_device  # noqa: E402
+from grokmath.tools.bench import TASKS, bench_figures, bench_seeds, bench_task  # noqa: E402
+from grokmath.store.checkpoint import atomic_write_text, refuse_existing  # noqa: E402
+from grokmath.training.train import resolve_device  # noqa: E402
 
 
 def main(argv=None):

@@ -8,6 +8,7 @@ Example:
     python scripts/bench_data.py --device cuda --batch-size 4096
     python scripts/bench_data.py --threads 1
 """
+import argparse
 import sys
 from pathlib import Path
 
@@ -19,10 +20,10 @@ def main(argv=None):
     import torch
 
     from grokmath import experiments
-    from grokmath.checkpoint import atomic_write_text, refuse_existing
+    from grokmath.store.checkpoint import atomic_write_text, refuse_existing
     from grokmath.tasks import TASKS, time_per_batch
 
-    parser = cli.ArgumentParser(description=__doc__, formatter_class=cli.argparse.RawDescriptionHelpFormatter)
+    parser = cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tasks", nargs="+", choices=list(TASKS), default=list(TASKS),
                         help="tasks to time (default: all)")
     parser.add_argument("--n-batches", type=cli.positive_int, default=50, help="batches timed per task (default: 50)")

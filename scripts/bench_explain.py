@@ -9,6 +9,7 @@ Example:
     python scripts/bench_explain.py runs/addition_5d_s129000
     python scripts/bench_explain.py runs/addition_5d_s129000 --threads 2 --per-class 200
 """
+import argparse
 import sys
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from grokmath import cli  # noqa: E402
 
 
 def main(argv=None):
-    parser = cli.ArgumentParser(description=__doc__, formatter_class=cli.argparse.RawDescriptionHelpFormatter)
+    parser = cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run_dir", metavar="RUN_DIR", help="a trained addition or arithmetic run folder")
     parser.add_argument("--per-class", type=cli.positive_int, default=200, help="questions per case class (default: 200)")
     parser.add_argument("--threads", type=cli.positive_int, default=None, help="torch CPU threads (default: torch's)")
@@ -29,7 +30,7 @@ def main(argv=None):
     import torch
 
     from grokmath.analysis.explain.report import explain
-    from grokmath.checkpoint import load_run
+    from grokmath.store.checkpoint import load_run
 
     if args.threads:
         torch.set_num_threads(args.threads)

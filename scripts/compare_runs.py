@@ -39,8 +39,8 @@ def build_parser():
 def main(argv=None):
     args = build_parser().parse_args(argv)
     from grokmath.analysis.opening import open_run
-    from grokmath.checkpoint import refuse_existing
-    from grokmath.plots import write_compare
+    from grokmath.store.checkpoint import refuse_existing
+    from grokmath.training.plots import write_compare
 
     for run_dir in args.run_dirs:
         open_run(run_dir, load_model=False)

@@ -48,8 +48,8 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     from grokmath.analysis.evaluate import default_questions, evaluate, format_report
     from grokmath.analysis.opening import open_run
-    from grokmath.checkpoint import atomic_write_json, refuse_existing
-    from grokmath.train import resolve_device
+    from grokmath.store.checkpoint import atomic_write_json, refuse_existing
+    from grokmath.training.train import resolve_device
 
     device = resolve_device(args.device)
     run = open_run(args.run_dir, step=args.checkpoint, device=device)

@@ -50,7 +50,7 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     from grokmath.analysis.explain.report import explain_run
     from grokmath.analysis.opening import open_run
-    from grokmath.train import resolve_device
+    from grokmath.training.train import resolve_device
 
     run = open_run(args.run_dir, step=args.checkpoint, device=resolve_device(args.device))
     result = explain_run(run, overwrite=args.overwrite, kind=args.kind, seed=args.seed, progress=not args.no_progress,

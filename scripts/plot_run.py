@@ -23,7 +23,7 @@ def build_parser():
 def main(argv=None):
     args = build_parser().parse_args(argv)
     from grokmath.analysis.opening import open_run
-    from grokmath.plots import plot_run
+    from grokmath.training.plots import plot_run
 
     open_run(args.run_dir, load_model=False)
     for path in plot_run(args.run_dir):

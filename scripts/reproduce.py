@@ -20,7 +20,7 @@ from grokmath import cli  # noqa: E402
 
 
 def main(argv=None):
-    from grokmath.gallery import GALLERY, reproduce
+    from grokmath.tools.gallery import GALLERY, reproduce
 
     parser = cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("experiments", nargs="+", choices=[*GALLERY, "all"], metavar="EXPERIMENT",

@@ -50,7 +50,7 @@ def build_parser():
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    from grokmath.sweep import SweepFailed, read_sweep, run_sweep
+    from grokmath.sweeps.grid import SweepFailed, read_sweep, run_sweep
 
     sweep = read_sweep(args.sweep_file, out=args.out)
     try:

@@ -26,7 +26,7 @@ def build_parser():
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    from grokmath.sweep_results import write_results
+    from grokmath.sweeps.results import write_results
 
     table = write_results(args.sweep_dir, window=args.window)
     print(table.to_string(index=False))

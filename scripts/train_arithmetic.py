@@ -8,6 +8,7 @@ Example:
     python scripts/train_arithmetic.py --digits 5 --ops add=100 --steps 15000
     python scripts/train_arithmetic.py --n-layers 3 --n-heads 4 --insert-from runs/arithmetic_6d_add100_s372001
 """
+import argparse
 import sys
 from pathlib import Path
 
@@ -25,7 +26,7 @@ def build_parser():
     parser.add_argument("--ops", type=cli.percentages, default=None,
                         help=f"percentage of batches per op, from add, sub, mul, summing to 100 "
                         f"(default: {cli.shown(defaults['ops'])})")
-    parser.add_argument("--enrich", action=cli.argparse.BooleanOptionalAction, default=None,
+    parser.add_argument("--enrich", action=argparse.BooleanOptionalAction, default=None,
                         help="the notebook's enrichment: more carry/borrow cascades and negative answers "
                         f"(default: {'on' if defaults['enrich'] else 'off'})")
     parser.add_argument("--insert-from", metavar="RUN_DIR", default=None,

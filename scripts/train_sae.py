@@ -68,7 +68,7 @@ def main(argv=None):
     from grokmath.analysis.opening import open_run
     from grokmath.analysis.sae import SAEConfig
     from grokmath.analysis.sae_run import train_sae_on_run
-    from grokmath.train import resolve_device
+    from grokmath.training.train import resolve_device
 
     open_run(args.run_dir, step=args.step, load_model=False, at_step=True)
     grid = {name: getattr(args, name) for name in DEFAULTS}

@@ -2,8 +2,8 @@
 import torch
 
 from grokmath.config import ModelConfig
-from grokmath.losses import loss_fn
-from grokmath.model import Transformer
+from grokmath.training.losses import loss_fn
+from grokmath.model.transformer import Transformer
 from grokmath.tasks import make_task
 
 

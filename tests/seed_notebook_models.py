@@ -1,6 +1,6 @@
 """The seed notebooks' own model classes, re-typed from /work/shared/seeds for the interop tests.
 
-An independent truth for `grokmath.interop.load_seed_state_dict`: the same parameter names,
+An independent truth for `grokmath.interop.state_dicts.load_seed_state_dict`: the same parameter names,
 shapes, layouts and forward arithmetic as the notebooks (einsum strings included), sharing no code
 with grokmath. Three models:
   GrokkingTransformer  the 'non-modular addition grokking tasks' notebook's Transformer: W_O

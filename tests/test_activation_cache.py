@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from grokmath import ModelConfig, Transformer
-from grokmath.activation_cache import ActivationCache
-from grokmath.interop import load_tlens_state_dict
-from grokmath.utils import Slice, get_act_name
+from grokmath.model.activation_cache import ActivationCache
+from grokmath.interop.state_dicts import load_tlens_state_dict
+from grokmath.model.utils import Slice, get_act_name
 
 FIXTURE = Path(__file__).parent / "fixtures" / "tlens_all_hooks.pt"
 close = torch.testing.assert_close

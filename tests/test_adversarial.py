@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from grokmath import cli
-from grokmath.checkpoint import REPLACED, RunDir, atomic_torch_save, prepare_runs, run_config
+from grokmath.store.checkpoint import REPLACED, RunDir, atomic_torch_save, prepare_runs, run_config
 
 from script_helpers import load_script, run_guarded
 
@@ -95,12 +95,12 @@ def test_overwrite_of_a_seeds_group_replaces_every_member(capsys, tmp_path):
 @pytest.fixture
 def fail_before_first_checkpoint(monkeypatch):
     """Make the training loop fail while it sets up its data (after the run folders were made)."""
-    import grokmath.train
+    import grokmath.training.train
 
     def boom(*args, **kwargs):
         raise ValueError("the data could not be made (injected)")
 
-    monkeypatch.setattr(grokmath.train, "TrainData", boom)
+    monkeypatch.setattr(grokmath.training.train, "TrainData", boom)
 
 
 def test_a_replacement_that_fails_before_its_first_checkpoint_puts_the_old_run_back(
@@ -118,14 +118,14 @@ def test_a_replacement_that_fails_before_its_first_checkpoint_puts_the_old_run_b
 def test_sigterm_before_the_first_checkpoint_says_so_and_keeps_the_old_run(capsys, tmp_path, base_runs,
                                                                             monkeypatch):
     """main_guard's handler: a SIGTERM while the loop sets up (it has no handler of its own yet)."""
-    import grokmath.train
-    real = grokmath.train.TrainData
+    import grokmath.training.train
+    real = grokmath.training.train.TrainData
 
     def data_then_signal(*args, **kwargs):
         os.kill(os.getpid(), signal.SIGTERM)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(grokmath.train, "TrainData", data_then_signal)
+    monkeypatch.setattr(grokmath.training.train, "TrainData", data_then_signal)
     run = copy_run(base_runs, "add", tmp_path)
     before = user_files(run)
     err = expect_error(capsys, "train_addition", [*TINY, "--steps", "9", "--out", str(run.parent), "--run-name",
@@ -383,8 +383,8 @@ def test_attention_texts_of_any_length_but_not_empty_and_at_most_twenty_pictures
 
 
 def test_bench_writes_its_csv_whole_and_never_over_a_file(capsys, tmp_path, monkeypatch):
-    import grokmath.bench
-    monkeypatch.setattr(grokmath.bench, "bench_task", lambda name, *args: {"task": name, "steps_per_s": 1.0})
+    import grokmath.tools.bench
+    monkeypatch.setattr(grokmath.tools.bench, "bench_task", lambda name, *args: {"task": name, "steps_per_s": 1.0})
     csv = tmp_path / "bench.csv"
     code, out, err = run_guarded(capsys, "bench", ["--tasks", "modular", "--device", "cpu", "--csv", str(csv)])
     assert code == 0, err
@@ -411,8 +411,8 @@ def test_analysis_too_big_for_memory_is_refused(capsys, tmp_path, base_runs, mon
     run = copy_run(base_runs, "add", tmp_path)
     expect_error(capsys, "train_sae", [str(run), "--d-sae", "100000000", "--no-progress"], "an SAE of 100000000",
                  "needs about")
-    import grokmath.memory
-    monkeypatch.setattr(grokmath.memory, "_cpu_available", lambda: 10**9)  # a machine with 1 GB free
+    import grokmath.training.memory
+    monkeypatch.setattr(grokmath.training.memory, "_cpu_available", lambda: 10**9)  # a machine with 1 GB free
     expect_error(capsys, "evaluate",  # a million questions: the CPU's default is 100,000
                  [str(run), "--questions", "1000000", "--batch-size", "10000000", "--no-progress"],
                  "evaluating 1000000 questions per forward pass needs about", "lower --batch-size")
@@ -422,15 +422,15 @@ def test_analysis_too_big_for_memory_is_refused(capsys, tmp_path, base_runs, mon
 # ---- --seeds: NaN stops the group; the resume command is quoted for the shell ---------------------------
 
 def test_nonfinite_stacked_seeds_stop_the_group_through_the_script(capsys, tmp_path, monkeypatch):
-    import grokmath.multiseed
-    real, calls = grokmath.multiseed.StackedModels.forward, [0]
+    import grokmath.training.multiseed
+    real, calls = grokmath.training.multiseed.StackedModels.forward, [0]
 
     def forward(self, tokens, positions):
         calls[0] += 1
         logits = real(self, tokens, positions)
         return logits * float("nan") if calls[0] > 4 else logits
 
-    monkeypatch.setattr(grokmath.multiseed.StackedModels, "forward", forward)
+    monkeypatch.setattr(grokmath.training.multiseed.StackedModels, "forward", forward)
     expect_error(capsys, "train_addition", [*TINY, "--seeds", "1", "2", "--out", str(tmp_path)],
                  "is nan at step 4", "all 2 stacked runs stopped", "last good checkpoint is step 3", code=1)
     for seed in (1, 2):
@@ -440,8 +440,8 @@ def test_nonfinite_stacked_seeds_stop_the_group_through_the_script(capsys, tmp_p
 
 
 def test_the_resume_command_is_quoted_for_the_shell(capsys, tmp_path, monkeypatch):
-    import grokmath.train
-    real, calls = grokmath.train.train_step, [0]
+    import grokmath.training.train
+    real, calls = grokmath.training.train.train_step, [0]
 
     def step_then_signal(*args, **kwargs):
         calls[0] += 1
@@ -449,7 +449,7 @@ def test_the_resume_command_is_quoted_for_the_shell(capsys, tmp_path, monkeypatc
             os.kill(os.getpid(), signal.SIGTERM)  # the loop's own handler: a checkpoint, then the line
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(grokmath.train, "train_step", step_then_signal)
+    monkeypatch.setattr(grokmath.training.train, "train_step", step_then_signal)
     err = expect_error(capsys, "train_addition", [*TINY, "--out", str(tmp_path / "my runs"), "--run-name",
                                                   "it's mine"], "stopped by SIGTERM at step 4", code=143)
     command = shlex.split(err.split("resume with: ")[1])

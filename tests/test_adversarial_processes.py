@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from grokmath import cli
-from grokmath.checkpoint import RunDir
+from grokmath.store.checkpoint import RunDir
 
 from script_helpers import load_script
 

@@ -17,12 +17,12 @@ from pathlib import Path
 
 import pytest
 
-import grokmath.checkpoint
-import grokmath.rundir
-import grokmath.files
-import grokmath.memory
-from grokmath.checkpoint import REPLACED, REPLACING, RunDir, load_latest_states, prepare_runs, safe_load
-from grokmath.memory import format_bytes
+import grokmath.store.checkpoint
+import grokmath.store.rundir
+import grokmath.store.files
+import grokmath.training.memory
+from grokmath.store.checkpoint import REPLACED, REPLACING, RunDir, load_latest_states, prepare_runs, safe_load
+from grokmath.training.memory import format_bytes
 
 from script_helpers import load_script, run_guarded
 from test_adversarial import TINY, base_runs, copy_run, expect_error, user_files  # noqa: F401 (base_runs: a fixture)
@@ -49,9 +49,9 @@ def kill_after(monkeypatch, n_ops: int):
             return real(*args, **kwargs)
         return op
 
-    monkeypatch.setattr(grokmath.rundir.os, "replace", counted(os.replace))
-    monkeypatch.setattr(grokmath.rundir.os, "rmdir", counted(os.rmdir))
-    monkeypatch.setattr(grokmath.rundir, "_remove", counted(grokmath.rundir._remove))
+    monkeypatch.setattr(grokmath.store.rundir.os, "replace", counted(os.replace))
+    monkeypatch.setattr(grokmath.store.rundir.os, "rmdir", counted(os.rmdir))
+    monkeypatch.setattr(grokmath.store.rundir, "_remove", counted(grokmath.store.rundir._remove))
 
 
 # The states: (direction, kill after n moves). A finished tiny run has 4 entries (checkpoints, config.json,
@@ -153,7 +153,7 @@ def test_a_kill_after_the_new_runs_first_state_leaves_the_new_run(capsys, monkey
             raise Killed
         return real(path, *args, **kwargs)
 
-    monkeypatch.setattr(grokmath.checkpoint.shutil, "rmtree", killed_deleting_the_old_run)
+    monkeypatch.setattr(grokmath.store.checkpoint.shutil, "rmtree", killed_deleting_the_old_run)
     with pytest.raises(Killed):
         load_script("train_addition").main([*TINY, "--steps", "9", "--out", str(run.parent), "--run-name", "add",
                                             "--overwrite"])
@@ -172,7 +172,7 @@ def test_a_kill_after_the_new_runs_first_state_leaves_the_new_run(capsys, monkey
 @pytest.mark.parametrize("damage", ["zero bytes", "a key missing"])
 def test_a_failed_resume_with_steps_leaves_config_json_as_it_was(capsys, tmp_path, base_runs, damage):
     import torch
-    from grokmath.checkpoint import atomic_torch_save
+    from grokmath.store.checkpoint import atomic_torch_save
     run = copy_run(base_runs, "add", tmp_path)
     for step in (3, 6):
         path = run / "checkpoints" / f"state_{step:06d}.pt"
@@ -201,15 +201,15 @@ def test_resume_with_steps_records_them_once_it_works(capsys, tmp_path, base_run
 def test_a_signal_the_moment_the_old_run_is_moved_aside_puts_it_back(capsys, monkeypatch, tmp_path, base_runs,
                                                                      signum):
     """The signal lands as prepare_runs returns (the old run in .replaced/, the new config.json written)."""
-    import grokmath.run
-    real = grokmath.run.prepare_runs
+    import grokmath.training.run
+    real = grokmath.training.run.prepare_runs
 
     def prepare_then_signal(*args, **kwargs):
         runs = real(*args, **kwargs)
         os.kill(os.getpid(), signum)
         return runs
 
-    monkeypatch.setattr(grokmath.run, "prepare_runs", prepare_then_signal)
+    monkeypatch.setattr(grokmath.training.run, "prepare_runs", prepare_then_signal)
     run = copy_run(base_runs, "add", tmp_path)
     before = user_files(run)
     expect_error(capsys, "train_addition", [*TINY, "--steps", "9", "--out", str(run.parent), "--run-name", "add",
@@ -231,7 +231,7 @@ def test_a_signal_during_the_move_waits_for_it_then_puts_the_run_back(capsys, mo
             os.kill(os.getpid(), signal.SIGTERM)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(grokmath.rundir.os, "replace", replace_and_signal)
+    monkeypatch.setattr(grokmath.store.rundir.os, "replace", replace_and_signal)
     run = copy_run(base_runs, "add", tmp_path)
     before = user_files(run)
     expect_error(capsys, "train_addition", [*TINY, "--steps", "9", "--out", str(run.parent), "--run-name", "add",
@@ -248,7 +248,7 @@ def full_disk_for(monkeypatch):
     kernel, which torch.save turns into its RuntimeError."""
     if not os.path.exists("/dev/full"):
         pytest.skip("no /dev/full")
-    real = grokmath.files.tempfile.mkstemp
+    real = grokmath.store.files.tempfile.mkstemp
 
     def arm(name):
         def mkstemp(*args, **kwargs):
@@ -258,7 +258,7 @@ def full_disk_for(monkeypatch):
                 os.dup2(full, fd)
                 os.close(full)
             return fd, tmp
-        monkeypatch.setattr(grokmath.files.tempfile, "mkstemp", mkstemp)
+        monkeypatch.setattr(grokmath.store.files.tempfile, "mkstemp", mkstemp)
     return arm
 
 
@@ -289,7 +289,7 @@ def test_a_full_disk_inside_torch_save_is_the_same_one_line(tmp_path, full_disk_
     ('[enforce fail at inline_container.cc...]', the issue's traceback; closing the file may add an
     OSError over it): the same WriteFailed, and the file it was to replace is unchanged."""
     import torch
-    seen, real = [], grokmath.files._write_failure
+    seen, real = [], grokmath.store.files._write_failure
 
     def spy(error):
         chain = error
@@ -298,16 +298,16 @@ def test_a_full_disk_inside_torch_save_is_the_same_one_line(tmp_path, full_disk_
             chain = chain.__context__
         return real(error)
 
-    monkeypatch.setattr(grokmath.files, "_write_failure", spy)
+    monkeypatch.setattr(grokmath.store.files, "_write_failure", spy)
     path = tmp_path / "state_000003.pt"
-    grokmath.files.atomic_torch_save({"step": 3}, path)
+    grokmath.store.files.atomic_torch_save({"step": 3}, path)
     before = path.read_bytes()
     full_disk_for("state_000003.pt")
-    with pytest.raises(grokmath.files.WriteFailed, match=r"could not write .*state_000003.pt \(No space left"):
-        grokmath.files.atomic_torch_save({"model": {"w": torch.zeros(1000)}, "step": 3}, path)
+    with pytest.raises(grokmath.store.files.WriteFailed, match=r"could not write .*state_000003.pt \(No space left"):
+        grokmath.store.files.atomic_torch_save({"model": {"w": torch.zeros(1000)}, "step": 3}, path)
     assert RuntimeError in seen and path.read_bytes() == before and os.listdir(tmp_path) == [path.name]
     # torch's RuntimeError alone (its OSError swallowed, as the issue saw it) is a failed write too
-    assert "inline_container" in grokmath.files._write_failure(
+    assert "inline_container" in grokmath.store.files._write_failure(
         RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598"))[0]
 
 
@@ -352,8 +352,8 @@ def fake_cgroup(tmp_path, monkeypatch, version: int, limit: int, usage: int, ina
         (root / "jobs" / "memory.current").write_text(f"{usage}\n")
         (root / "jobs" / "memory.stat").write_text(f"anon 1\ninactive_file {inactive}\n")
         (root / "jobs" / "this" / "memory.max").write_text("max\n")
-    monkeypatch.setattr(grokmath.memory, "CGROUP_ROOT", root)
-    monkeypatch.setattr(grokmath.memory, "PROC_SELF", proc)
+    monkeypatch.setattr(grokmath.training.memory, "CGROUP_ROOT", root)
+    monkeypatch.setattr(grokmath.training.memory, "PROC_SELF", proc)
     return limit - usage + inactive
 
 
@@ -376,14 +376,14 @@ def test_ablate_with_too_many_questions_is_refused_before_drawing_them(capsys, t
 def test_progress_measures_and_attention_check_memory_first(capsys, tmp_path, base_runs, monkeypatch):
     import torch
     from grokmath.analysis.attention import attention_patterns
-    model = grokmath.checkpoint.load_run(base_runs / "add").model
+    model = grokmath.store.checkpoint.load_run(base_runs / "add").model
     run = copy_run(base_runs, "mod", tmp_path)
     free = fake_cgroup(tmp_path, monkeypatch, 2, limit=2000, usage=0, inactive=0)
     expect_error(capsys, "progress_measures", [str(run), "--no-progress"], "the progress measures of a p=5 run",
                  f"but {format_bytes(free)} is free")
     assert sorted(os.listdir(run)) == sorted([*os.listdir(base_runs / "mod")])
     # attention draws one question at a time (at most 20): its check is on those patterns
-    monkeypatch.setattr(grokmath.memory, "_cpu_available", lambda: 10_000)
+    monkeypatch.setattr(grokmath.training.memory, "_cpu_available", lambda: 10_000)
     with pytest.raises(ValueError, match="the attention patterns of 1000 sequences needs about"):
         attention_patterns(model, torch.zeros(1000, model.cfg.n_ctx, dtype=torch.long))
 
@@ -401,9 +401,9 @@ def test_the_free_figure_honours_ulimit_v(tmp_path, base_runs):
     at most the cap, where before it allocated and died with a traceback."""
     run = copy_run(base_runs, "add", tmp_path)
     cap = 3 * 10**9
-    cfg = grokmath.checkpoint.load_run(run, load_model=False).model_cfg
+    cfg = grokmath.store.checkpoint.load_run(run, load_model=False).model_cfg
     questions = 1
-    while grokmath.memory.ablation_bytes(cfg, questions, 4) < 2 * cap:  # fits the machine, not the cap
+    while grokmath.training.memory.ablation_bytes(cfg, questions, 4) < 2 * cap:  # fits the machine, not the cap
         questions *= 2
     done = subprocess.run([sys.executable, "-c", ABLATE_UNDER_CAP, str(cap), str(ROOT / "scripts" / "ablate.py"),
                            str(run), "--questions", str(questions), "--device", "cpu"],

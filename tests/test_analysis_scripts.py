@@ -4,9 +4,9 @@ import json
 import pandas as pd
 import pytest
 
-from grokmath.checkpoint import RunDir
+from grokmath.store.checkpoint import RunDir
 from grokmath.tasks import make_task
-from grokmath.checkpoint import run_config
+from grokmath.store.checkpoint import run_config
 from grokmath.config import TrainConfig
 
 from analysis_helpers import tiny_model, trained_addition

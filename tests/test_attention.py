@@ -2,7 +2,7 @@
 import torch
 
 from grokmath.analysis.attention import attention_grad_to_signal, attention_patterns, plot_attention_grid
-from grokmath.losses import loss_fn
+from grokmath.training.losses import loss_fn
 from grokmath.tasks import make_task
 
 from analysis_helpers import tiny_model

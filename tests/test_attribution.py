@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from grokmath.analysis import attribution
-from grokmath.losses import loss_fn
+from grokmath.training.losses import loss_fn
 from grokmath.tasks import make_task
 
 from analysis_helpers import tiny_model

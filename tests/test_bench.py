@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from grokmath.bench import bench_figures, bench_task, check_same_losses, forward_flops
+from grokmath.tools.bench import bench_figures, bench_task, check_same_losses, forward_flops
 from grokmath.config import model_config_for
 from grokmath.tasks import make_task
 from grokmath.cli import main_guard

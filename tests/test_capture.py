@@ -1,4 +1,4 @@
-"""The captured training step (grokmath/capture.py) and the captured evaluation, against the eager ones.
+"""The captured training step (grokmath/training/capture.py) and the captured evaluation, against the eager ones.
 
 On a CPU the static-buffer step runs uncaptured (step_path='static') and must equal today's eager
 loop bit for bit: metrics rows, weights, checkpoints and resume, for every data regime, Grokfast,
@@ -19,14 +19,14 @@ import torch
 
 from grokmath.analysis.common import question_sampler
 from grokmath.analysis.evaluate import evaluate
-from grokmath.capture import CHECK_STEPS, CapturedStepError, choose_step_path
-from grokmath.checkpoint import RunDir
+from grokmath.training.capture import CHECK_STEPS, CapturedStepError, choose_step_path
+from grokmath.store.checkpoint import RunDir
 from grokmath.config import TrainConfig, model_config_for
-from grokmath.grokfast import GradFilter, StaticGradFilter
-from grokmath.model import Transformer
-from grokmath.schedule import device_lr_factor, lr_factor
+from grokmath.training.grokfast import GradFilter, StaticGradFilter
+from grokmath.model.transformer import Transformer
+from grokmath.training.schedule import device_lr_factor, lr_factor
 from grokmath.tasks import make_task
-from grokmath.train import TrainingInterrupted, train, train_seeds
+from grokmath.training.train import TrainingInterrupted, train, train_seeds
 
 from analysis_helpers import trained_addition
 from script_helpers import load_script

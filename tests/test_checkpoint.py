@@ -9,14 +9,14 @@ import pandas as pd
 import pytest
 import torch
 
-from grokmath.checkpoint import (REPLACED, REPLACING, CheckpointError, RunDir, UnsafeCheckpoint, abandon_runs,
+from grokmath.store.checkpoint import (REPLACED, REPLACING, CheckpointError, RunDir, UnsafeCheckpoint, abandon_runs,
                                  atomic_torch_save, atomic_write_text, load_run, load_state_dict_checked,
                                  prepare_runs, safe_load)
 
-from grokmath.model import Transformer
+from grokmath.model.transformer import Transformer
 from grokmath.tasks import make_task
 from grokmath.config import ModelConfig, TrainConfig, model_config_for
-from grokmath.run import start_run
+from grokmath.training.run import start_run
 
 
 @pytest.fixture(scope="module")
@@ -124,7 +124,7 @@ def test_a_run_folder_in_the_format_of_the_first_release_loads_and_resumes(tmp_p
     by a plain AdamW loop: load_run reads it, and --resume continues it as the plain loop does."""
     import torch.nn.functional as F
 
-    from grokmath.run import resume_run
+    from grokmath.training.run import resume_run
 
     path = tmp_path / "addition_2d_s3"
     (path / "checkpoints").mkdir(parents=True)

@@ -1,4 +1,4 @@
-"""--config FILE (grokmath/config_files.py): a run's config.json re-runs it bit for bit on a CPU, a
+"""--config FILE (grokmath/cli/config_files.py): a run's config.json re-runs it bit for bit on a CPU, a
 TOML file sets the same settings, flags beside it win, and a wrong file gets one line."""
 import json
 
@@ -84,7 +84,7 @@ def test_every_scripts_config_json_parses_back_to_the_same_configs(name, tmp_pat
     """A config.json of each experiment's tiny set-up (made here from experiments.py, not by a run),
     given as --config, builds exactly its model, task and training configs again."""
     from grokmath import cli, experiments
-    from grokmath.checkpoint import run_config
+    from grokmath.store.checkpoint import run_config
     task, model_cfg, train_cfg = experiments.experiment_configs(name, "tiny")
     config = run_config(model_cfg, task, train_cfg)
     path = tmp_path / "config.json"

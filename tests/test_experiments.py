@@ -5,7 +5,8 @@ from dataclasses import replace
 
 import pytest
 
-from grokmath import bench, cli, gallery
+from grokmath import cli
+from grokmath.tools import bench, gallery
 from grokmath.experiments import EXPERIMENTS, experiment_configs, flag_defaults
 
 from script_helpers import load_script
@@ -13,7 +14,7 @@ from script_helpers import load_script
 
 def script_configs(name, argv, monkeypatch):
     """(task options, ModelConfig, TrainConfig) that scripts/train_<name>.py builds from argv,
-    caught where it hands them to grokmath.run (nothing is trained)."""
+    caught where it hands them to grokmath.training.run (nothing is trained)."""
     caught = {}
 
     def catch(args, task_options, data=None, n_train=None, run_name=None, insert=None):

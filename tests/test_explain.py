@@ -11,7 +11,7 @@ from analysis_helpers import tiny_model, trained_addition
 from grokmath.analysis.explain import claims, nodes, probes, sae_scores, table, truth
 from grokmath.analysis.explain.attribution_patch import attribution_scores, spearman
 from grokmath.config import ModelConfig
-from grokmath.model import Transformer
+from grokmath.model.transformer import Transformer
 from grokmath.tasks import make_task
 
 # ---- ground truth ------------------------------------------------------------------------------

@@ -2,8 +2,8 @@
 import pytest
 import torch
 
-from grokmath.factored_matrix import FactoredMatrix
-from grokmath.utils import get_corner
+from grokmath.model.factored_matrix import FactoredMatrix
+from grokmath.model.utils import get_corner
 
 close = torch.testing.assert_close
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from grokmath import cli
-from grokmath.checkpoint import RunDir, load_run
+from grokmath.store.checkpoint import RunDir, load_run
 
 from script_helpers import ROOT, load_script, run_guarded
 
@@ -25,9 +25,9 @@ STOP_AT = 17  # not a checkpoint step: before the fix, every analysis read step 
 def stopped_run(tmp_path_factory):
     """train_addition.py stopped by SIGINT (Ctrl-C) in the step that ends at STOP_AT, through the real
     stop path: the loop's signal handler, its checkpoint, main_guard's message."""
-    import grokmath.train
+    import grokmath.training.train
     out = tmp_path_factory.mktemp("runs")
-    real, calls = grokmath.train.train_step, [0]
+    real, calls = grokmath.training.train.train_step, [0]
 
     def step_then_ctrl_c(*args, **kwargs):
         calls[0] += 1
@@ -35,12 +35,12 @@ def stopped_run(tmp_path_factory):
             os.kill(os.getpid(), signal.SIGINT)
         return real(*args, **kwargs)
 
-    grokmath.train.train_step = step_then_ctrl_c
+    grokmath.training.train.train_step = step_then_ctrl_c
     try:
         with pytest.raises(SystemExit) as stop:
             cli.main_guard(load_script("train_addition").main, [*TINY, "--out", str(out), "--run-name", "stopped"])
     finally:
-        grokmath.train.train_step = real
+        grokmath.training.train.train_step = real
     return out / "stopped", stop.value.code
 
 
@@ -59,8 +59,8 @@ def test_ctrl_c_saves_the_model_at_the_stop_and_draws_the_plots(stopped_run, cap
 
 
 def test_the_stop_message_names_the_plots_and_the_resume_command(tmp_path, capsys, monkeypatch):
-    import grokmath.train
-    real, calls = grokmath.train.train_step, [0]
+    import grokmath.training.train
+    real, calls = grokmath.training.train.train_step, [0]
 
     def step_then_ctrl_c(*args, **kwargs):
         calls[0] += 1
@@ -68,7 +68,7 @@ def test_the_stop_message_names_the_plots_and_the_resume_command(tmp_path, capsy
             os.kill(os.getpid(), signal.SIGINT)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(grokmath.train, "train_step", step_then_ctrl_c)
+    monkeypatch.setattr(grokmath.training.train, "train_step", step_then_ctrl_c)
     code, _, err = run_guarded(capsys, "train_addition", [*TINY, "--out", str(tmp_path), "--no-plots"])
     assert code == 130 and len(err.strip().splitlines()) == 1, err
     assert "stopped by SIGINT at step 5" in err and "draw the plots with" in err and "plot_run.py" in err

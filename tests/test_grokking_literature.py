@@ -11,10 +11,10 @@ import pytest
 import torch
 
 from grokmath.analysis import progress as pm
-from grokmath.checkpoint import load_run
+from grokmath.store.checkpoint import load_run
 from grokmath.config import TrainConfig, model_config_for
-from grokmath.model import Transformer
-from grokmath.run import start_run
+from grokmath.model.transformer import Transformer
+from grokmath.training.run import start_run
 from grokmath.tasks import make_task
 
 

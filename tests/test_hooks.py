@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from grokmath import ModelConfig, Transformer
-from grokmath.hooks import hook_points_bypassed
+from grokmath.model.hooks import hook_points_bypassed
 
 CFG = ModelConfig(n_layers=2, d_model=32, n_heads=4, d_vocab=12, d_vocab_out=10, n_ctx=18,
                   normalization="LN", seed=0)

@@ -7,11 +7,11 @@ graph_tool = load_script("import_graph")
 
 def test_grokmath_has_no_import_circle():
     graph, inner = graph_tool.import_graph("grokmath")
-    assert "grokmath.train" in graph and "grokmath.checkpoint" in graph["grokmath.train"]
+    assert "grokmath.training.train" in graph and "grokmath.store.checkpoint" in graph["grokmath.training.train"]
     assert graph_tool.cycles(graph) == []
     assert graph_tool.hidden_cycles(graph, inner) == []
     # the loop knows nothing of orchestration, plots or argparse
-    assert not graph["grokmath.train"] & {"grokmath.run", "grokmath.plots", "grokmath.insert", "grokmath.cli"}
+    assert not graph["grokmath.training.train"] & {"grokmath.training.run", "grokmath.training.plots", "grokmath.training.insert", "grokmath.cli"}
 
 
 def test_the_tool_finds_circles_open_and_hidden(tmp_path):
@@ -43,3 +43,27 @@ def test_the_readme_layout_names_every_module():
     files = [p for p in (graph_tool.ROOT / "grokmath").rglob("*.py") if p.name != "__init__.py"]
     missing = [str(p.relative_to(graph_tool.ROOT)) for p in files if p.name not in layout]
     assert not missing, f"README's Layout section does not name {missing}"
+
+
+def test_the_top_of_the_package_shows_the_architecture():
+    """At most 14 entries at the top of grokmath/, each subpackage named in the README's Layout tree
+    with its own files listed under it (a file moved to another folder fails here)."""
+    top = sorted(p.name for p in (graph_tool.ROOT / "grokmath").iterdir() if p.name != "__pycache__")
+    assert len(top) <= 14, top
+    readme = (graph_tool.ROOT / "README.md").read_text()
+    layout = readme[readme.index("## Layout"):]
+    layout = layout[:layout.index("```", layout.index("```") + 3)].splitlines()
+    for folder in (graph_tool.ROOT / "grokmath").iterdir():
+        if not folder.is_dir() or folder.name == "__pycache__" or folder.name == "tasks":
+            continue
+        header = next(i for i, line in enumerate(layout) if line.strip().startswith(f"{folder.name}/"))
+        indent = len(layout[header]) - len(layout[header].lstrip())
+        block = []
+        for line in layout[header + 1:]:
+            if line.strip() and len(line) - len(line.lstrip()) <= indent:
+                break
+            block.append(line)
+        block = "\n".join(block)
+        for module in folder.glob("*.py"):
+            if module.name != "__init__.py":
+                assert module.name in block, f"README's Layout lists {module.name} outside {folder.name}/"

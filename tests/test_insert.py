@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from grokmath.config import ModelConfig
-from grokmath.insert import Inserter, insert_model, insert_problems, inserter_from_run, parse_heads
-from grokmath.model import Transformer
+from grokmath.training.insert import Inserter, insert_model, insert_problems, inserter_from_run, parse_heads
+from grokmath.model.transformer import Transformer
 
 BASE = dict(d_model=16, d_head=4, d_vocab=15, n_ctx=10, normalization="LN", positional="learned")
 
@@ -160,7 +160,7 @@ def test_inserter_from_a_trained_run_folder(tmp_path):
     """A 2-digit addition run in the arithmetic layout started inside a wider mixed add/sub model."""
     from grokmath.tasks import make_task
     from grokmath.config import TrainConfig, model_config_for
-    from grokmath.run import start_run
+    from grokmath.training.run import start_run
 
     task = make_task("arithmetic", n_digits=2, ops={"add": 100})
     small_cfg = model_config_for(task, n_layers=1, d_model=16, n_heads=2, d_mlp=32, normalization="LN")

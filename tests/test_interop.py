@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from grokmath import ModelConfig, Transformer
-from grokmath.interop import load_tlens_state_dict, to_tlens_config, to_tlens_state_dict
+from grokmath.interop.state_dicts import load_tlens_state_dict, to_tlens_config, to_tlens_state_dict
 
 FIXTURE = Path(__file__).parent / "fixtures" / "tlens_quirke_style.pt"
 ALL_HOOKS = Path(__file__).parent / "fixtures" / "tlens_all_hooks.pt"

@@ -174,7 +174,7 @@ def test_loss_refused_when_the_output_vocabulary_differs():
     for return_type in ("loss", "both"):
         with pytest.raises(ValueError, match="d_vocab_out == d_vocab") as err:
             model(tokens, return_type=return_type)
-        assert "\n" not in str(err.value) and "grokmath.losses" in str(err.value)
+        assert "\n" not in str(err.value) and "grokmath.training.losses" in str(err.value)
 
 
 @pytest.mark.parametrize("kw", [dict(normalization="LN"), dict(attn_only=True, n_layers=3)])

@@ -14,12 +14,12 @@ import pytest
 import torch
 
 from grokmath import Transformer, cli
-from grokmath.checkpoint import RunDir, prepare_runs, run_config
+from grokmath.store.checkpoint import RunDir, prepare_runs, run_config
 from grokmath.config import TrainConfig, model_config_for
-from grokmath.run import resume_runs, start_seed_runs
+from grokmath.training.run import resume_runs, start_seed_runs
 from grokmath.tasks import make_task
-from grokmath.multiseed import StackedModels
-from grokmath.train import NonFiniteLoss, TrainingInterrupted, run_loop, train, train_seeds
+from grokmath.training.multiseed import StackedModels
+from grokmath.training.train import NonFiniteLoss, TrainingInterrupted, run_loop, train, train_seeds
 
 from script_helpers import load_script
 from signal_helpers import signal_at

@@ -9,10 +9,10 @@ import pandas as pd
 import torch
 
 from grokmath import Transformer
-from grokmath.losses import pred_log_probs
+from grokmath.training.losses import pred_log_probs
 from grokmath.tasks import make_task
 from grokmath.config import TrainConfig, model_config_for
-from grokmath.train import lr_factor, rank_seed
+from grokmath.training.train import lr_factor, rank_seed
 
 ROOT = Path(__file__).resolve().parents[1]
 

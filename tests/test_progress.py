@@ -12,7 +12,7 @@ import torch
 
 from grokmath.analysis import progress as pm
 from grokmath.analysis.fourier import fourier_2d, modular_fourier_basis
-from grokmath.checkpoint import load_run
+from grokmath.store.checkpoint import load_run
 from grokmath.cli import main_guard
 
 from script_helpers import load_script

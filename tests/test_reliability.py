@@ -11,12 +11,12 @@ import pytest
 import torch
 
 from grokmath import cli
-from grokmath.checkpoint import CheckpointError, RunDir, load_run, safe_load
-from grokmath.model import Transformer
+from grokmath.store.checkpoint import CheckpointError, RunDir, load_run, safe_load
+from grokmath.model.transformer import Transformer
 from grokmath.tasks import make_task
 from grokmath.config import TrainConfig, model_config_for
-from grokmath.run import resume_run, start_run
-from grokmath.train import NonFiniteLoss, TrainingInterrupted, train
+from grokmath.training.run import resume_run, start_run
+from grokmath.training.train import NonFiniteLoss, TrainingInterrupted, train
 
 from script_helpers import load_script
 from signal_helpers import signal_at

@@ -15,10 +15,10 @@ import torch.nn.functional as F
 from grokmath.analysis.sae import (SAEConfig, SparseAutoencoder, TensorSource, evaluate_sae, grid_search,
                                    load_sae, sae_losses, score, train_sae)
 from grokmath.analysis.sae_run import ModelSource, feature_stats, spliced_losses
-from grokmath.model import Transformer
+from grokmath.model.transformer import Transformer
 from grokmath.tasks import make_task
 from grokmath.config import TrainConfig, model_config_for
-from grokmath.run import start_run
+from grokmath.training.run import start_run
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "train_sae.py"
 

@@ -9,8 +9,8 @@ import torch
 
 from grokmath import ModelConfig, Transformer
 from grokmath.analysis.sae import SAEConfig, SparseAutoencoder, TensorSource, evaluate_sae, load_sae, save_sae, train_sae
-from grokmath.export import load_model_safetensors, save_model_safetensors
-from grokmath.interop import to_tlens_config, to_tlens_state_dict
+from grokmath.interop.export import load_model_safetensors, save_model_safetensors
+from grokmath.interop.state_dicts import to_tlens_config, to_tlens_state_dict
 
 X = torch.randn(64, 6, generator=torch.Generator().manual_seed(0))
 

@@ -6,7 +6,7 @@ import torch
 
 import seed_notebook_models as nb
 from grokmath import ModelConfig, Transformer
-from grokmath.interop import load_seed_checkpoint, load_seed_state_dict, to_tlens_state_dict
+from grokmath.interop.state_dicts import load_seed_checkpoint, load_seed_state_dict, to_tlens_state_dict
 
 
 def build(make, seed=0):
@@ -245,7 +245,7 @@ def test_checkpoint_files_as_the_notebook_saves_them(tmp_path):
 def test_doubled_residual_refuses_additive_decompositions():
     """A doubled stream is not the sum of the layers' outputs: the splits refuse rather than lie."""
     from grokmath import ModelConfig, Transformer
-    from grokmath.insert import insert_problems
+    from grokmath.training.insert import insert_problems
 
     cfg = ModelConfig(n_layers=2, d_model=16, n_heads=2, d_vocab=7, n_ctx=6, attn_only=True, residual_doubled=True)
     model = Transformer(cfg)

@@ -6,9 +6,9 @@ from dataclasses import replace
 import pytest
 
 from grokmath.experiments import experiment_configs
-from grokmath.metrics import phase_change_steps
-from grokmath.model import Transformer
-from grokmath.train import train
+from grokmath.training.metrics import phase_change_steps
+from grokmath.model.transformer import Transformer
+from grokmath.training.train import train
 
 pytestmark = pytest.mark.slow
 

@@ -9,7 +9,7 @@ import time
 import pytest
 
 from grokmath import cli
-from grokmath.checkpoint import RunDir
+from grokmath.store.checkpoint import RunDir
 
 from script_helpers import load_script
 

@@ -183,7 +183,7 @@ def test_the_command_line_says_it_in_one_line_with_exit_status_2(tmp_path):
 
 
 def test_the_example_sweep_file_plans_its_grid_times_its_seeds():
-    from grokmath.sweep import plan_sweep, read_sweep
+    from grokmath.sweeps.grid import plan_sweep, read_sweep
     sweep = read_sweep(ROOT / "sweeps" / "addition_lr.toml")
     runs = plan_sweep(sweep)
     assert [r.name for r in runs] == [f"lr={lr}_s{s}" for lr in ("0.001", "0.003") for s in (1, 2, 3, 4)]
@@ -191,7 +191,7 @@ def test_the_example_sweep_file_plans_its_grid_times_its_seeds():
 
 
 def test_the_atlas_takes_the_grokking_step_from_test_accuracy():
-    from grokmath.sweep_results import phase_changes
+    from grokmath.sweeps.results import phase_changes
     acc = [0.1, 0.5, 0.98, 0.995, 0.97, 1.0]
     metrics = pd.DataFrame({"step": range(6), "loss_out": [3, 2, 0.5, 0.05, 0.01, 0.0], "test_acc": acc})
     assert phase_changes(metrics) == {"out": 3, "grok": 3}

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from grokmath import ModelConfig, Transformer
-from grokmath.factored_matrix import FactoredMatrix
-from grokmath.interop import config_from_tlens, to_tlens_config
+from grokmath.model.factored_matrix import FactoredMatrix
+from grokmath.interop.state_dicts import config_from_tlens, to_tlens_config
 
 CFG = ModelConfig(n_layers=2, d_model=16, n_heads=2, d_vocab=11, n_ctx=8, normalization="LN",
                   attn_bias=True, unembed_bias=True, seed=4)
@@ -171,7 +171,7 @@ def test_padding_matches_a_real_hooked_transformer(model):
     if not hasattr(tl, "HookedTransformerConfig") or not hasattr(tl, "HookedRootModule"):
         pytest.skip("TransformerLens 4 has no HookedTransformer")
     import warnings
-    from grokmath.interop import to_tlens_state_dict
+    from grokmath.interop.state_dicts import to_tlens_state_dict
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         hooked = tl.HookedTransformer(tl.HookedTransformerConfig(**to_tlens_config(model)))

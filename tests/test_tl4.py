@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 
 from grokmath import ModelConfig, Transformer
-from grokmath.interop import to_tlens_config
-from grokmath.tl4 import bridge_to_tlens_state_dict
+from grokmath.interop.state_dicts import to_tlens_config
+from grokmath.interop.tl4 import bridge_to_tlens_state_dict
 
 CFG = ModelConfig(n_layers=2, d_model=16, n_heads=2, d_vocab=9, d_vocab_out=7, n_ctx=5, d_mlp=24,
                   normalization="LN", attn_bias=True, unembed_bias=True, seed=2)
@@ -44,7 +44,7 @@ def test_bridge_layout_converts_back_without_transformer_lens():
     z = cache["blocks.0.attn.hook_z"].flatten(-2)
     torch.testing.assert_close(F.linear(z, sd["blocks.0.attn.o.weight"], sd["blocks.0.attn.o.bias"]),
                                cache["blocks.0.hook_attn_out"])
-    from grokmath.interop import load_tlens_state_dict
+    from grokmath.interop.state_dicts import load_tlens_state_dict
     back = load_tlens_state_dict(bridge_to_tlens_state_dict(sd, to_tlens_config(model)), to_tlens_config(model))
     assert torch.equal(back(TOKENS), logits)
     with pytest.raises(ValueError, match="'blocks.0.mlp.gate.weight' has no grokmath counterpart"):
@@ -53,7 +53,7 @@ def test_bridge_layout_converts_back_without_transformer_lens():
 
 def test_one_call_each_way_with_transformer_lens_4():
     pytest.importorskip("transformer_lens.utilities.tl_checkpoint_conversion")  # TransformerLens >= 4.3
-    from grokmath.tl4 import from_transformer_bridge, to_transformer_bridge
+    from grokmath.interop.tl4 import from_transformer_bridge, to_transformer_bridge
     model = Transformer(CFG)
     bridge = to_transformer_bridge(model)
     torch.testing.assert_close(bridge(TOKENS), model(TOKENS), rtol=1e-5, atol=1e-6)

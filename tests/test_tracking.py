@@ -1,4 +1,4 @@
-"""--tensorboard / --wandb (grokmath/tracking.py): fed the rows of metrics.csv, read back from the
+"""--tensorboard / --wandb (grokmath/store/tracking.py): fed the rows of metrics.csv, read back from the
 event files; a logger that fails warns once and changes nothing about the run."""
 import pandas as pd
 import pytest

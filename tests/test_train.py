@@ -13,13 +13,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from grokmath.grokfast import GradFilter
-from grokmath.losses import accuracy, case_losses, loss_fn, per_position_loss, pred_log_probs, sequence_accuracy
-from grokmath.model import Transformer
-from grokmath.metrics import phase_change_steps
+from grokmath.training.grokfast import GradFilter
+from grokmath.training.losses import accuracy, case_losses, loss_fn, per_position_loss, pred_log_probs, sequence_accuracy
+from grokmath.model.transformer import Transformer
+from grokmath.training.metrics import phase_change_steps
 from grokmath.tasks import make_task
 from grokmath.config import TrainConfig, model_config_for
-from grokmath.train import (NonFiniteLoss, lr_factor, make_optimizer,
+from grokmath.training.train import (NonFiniteLoss, lr_factor, make_optimizer,
                             resolve_device, train)
 
 
@@ -167,7 +167,7 @@ def test_two_processes_give_the_same_run_bit_for_bit(tmp_path):
 def test_metrics_rows_are_the_checkpoint_loss_on_that_steps_batch(tmp_path):
     """Row k of metrics.csv = loss of checkpoint k on the k-th batch of the seeded stream, recomputed
     here with F.cross_entropy in float64; case columns from carries computed with Python integers."""
-    from grokmath.checkpoint import RunDir
+    from grokmath.store.checkpoint import RunDir
 
     task = make_task("addition", n_digits=3)
     cfg = TrainConfig(steps=12, lr=3e-3, batch_size=16, seed=11, checkpoint_every=5)
@@ -328,8 +328,8 @@ def test_grokfast_in_the_loop_changes_training_and_is_reproducible():
 
 def test_sigint_during_training_saves_and_says_so(tmp_path):
     """SIGINT mid-run raises TrainingInterrupted after writing a resumable state at that step."""
-    from grokmath.checkpoint import RunDir
-    from grokmath.train import TrainingInterrupted
+    from grokmath.store.checkpoint import RunDir
+    from grokmath.training.train import TrainingInterrupted
 
     def kill_at(model, at):
         calls = [0]

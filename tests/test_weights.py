@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from grokmath import ModelConfig, Transformer
-from grokmath.factored_matrix import FactoredMatrix
-from grokmath.interop import load_tlens_state_dict
+from grokmath.model.factored_matrix import FactoredMatrix
+from grokmath.interop.state_dicts import load_tlens_state_dict
 
 FIXTURE = Path(__file__).parent / "fixtures" / "tlens_quirke_style.pt"
 

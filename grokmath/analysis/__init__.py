@@ -12,6 +12,6 @@
 - explain: the algorithm inside, found and verified: useful nodes (P14L0H1), attribution patching,
   probes and claims scored against the task's ground truth (scripts/explain.py)
 - opening: open_run, how the analysis scripts load a run
-- common, plots: answer-position logits and their score (grokmath.losses), batched variants, heatmaps
+- common, plots: answer-position logits and their score (grokmath.training.losses), batched variants, heatmaps
 - interactive: plotly figures for notebooks (attention per head, loss curves, heatmaps); plotly optional
 """

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import torch
 
-from ..losses import loss_fn
-from ..memory import attention_bytes, check_fits
+from ..training.losses import loss_fn
+from ..training.memory import attention_bytes, check_fits
 from .common import model_device
 
 

@@ -25,9 +25,9 @@ from __future__ import annotations
 import pandas as pd
 import torch
 
-from ..activation_cache import ActivationCache
-from ..factored_matrix import FactoredMatrix
-from ..losses import masked_mean
+from ..model.activation_cache import ActivationCache
+from ..model.factored_matrix import FactoredMatrix
+from ..training.losses import masked_mean
 from .common import answer_logits, model_device, score
 
 

@@ -1,5 +1,5 @@
 """Pieces the analysis modules share: the answer-position logits and their score (the one scoring
-path, grokmath.losses.score), question batches with the task's op mix, and running many edited
+path, grokmath.training.losses.score), question batches with the task's op mix, and running many edited
 copies of one batch in a single forward pass.
 
 `run_variants` is how ablation and patching stay cheap: K variants of an experiment (each a set
@@ -13,7 +13,7 @@ from typing import Callable
 
 import torch
 
-from ..losses import score  # noqa: F401 (the one scoring function; analysis modules take it from here)
+from ..training.losses import score  # noqa: F401 (the one scoring function; analysis modules take it from here)
 
 # An edit: (hook name, fn(activation_slice) -> replacement of that slice), applied to one copy.
 Edit = tuple[str, Callable[[torch.Tensor], torch.Tensor]]

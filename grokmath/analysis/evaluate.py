@@ -37,10 +37,10 @@ from contextlib import nullcontext
 import torch
 from tqdm.auto import tqdm
 
-from ..capture import CUDAGraphCapture, choose_step_path, first_line
+from ..training.capture import CUDAGraphCapture, choose_step_path, first_line
 from ..config import check_whole
-from ..losses import correct
-from ..memory import check_fits, forward_bytes
+from ..training.losses import correct
+from ..training.memory import check_fits, forward_bytes
 from .common import model_device, question_sampler
 
 

@@ -4,7 +4,7 @@ loss curves one can hover and zoom, and labelled heatmaps.
 plotly is optional (the `[notebooks]` extra, never needed by the library): it is imported only
 when a figure is made, and where it is missing that import fails with one line saying what to
 install. `available()` tells a notebook whether to show these or the matplotlib forms that every
-figure here also has (grokmath.plots, grokmath.analysis.plots and the modules' `plot_*`).
+figure here also has (grokmath.training.plots, grokmath.analysis.plots and the modules' `plot_*`).
 Each function takes arrays, tensors or a metrics table, never a live model, and returns a plotly
 Figure: call `.show()`. Axis labels are drawn as tick text over integer positions, so repeated
 labels (two '5' tokens) stay separate cells; the hover text names the row, column and value.

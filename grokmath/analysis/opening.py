@@ -2,7 +2,7 @@
 one line that says which run and which step (`Run.describe`), and hand it back."""
 from __future__ import annotations
 
-from ..checkpoint import Run, load_run
+from ..store.checkpoint import Run, load_run
 
 
 def open_run(run_dir, step: int | None = None, device="cpu", load_model: bool = True,

@@ -19,7 +19,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from ..plots import save_figure  # noqa: E402
+from ..training.plots import save_figure  # noqa: E402
 
 
 def _array(values) -> np.ndarray:

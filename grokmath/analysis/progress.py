@@ -44,10 +44,10 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from .. import losses
-from ..checkpoint import atomic_write_json, atomic_write_text, load_run
-from ..memory import check_fits, progress_bytes
-from ..plots import save_figure  # sets matplotlib's Agg backend before pyplot loads
+from ..training import losses
+from ..store.checkpoint import atomic_write_json, atomic_write_text, load_run
+from ..training.memory import check_fits, progress_bytes
+from ..training.plots import save_figure  # sets matplotlib's Agg backend before pyplot loads
 import matplotlib.pyplot as plt  # noqa: E402,I001
 from .fourier import embedding_fourier, frequency_norms, modular_fourier_basis, neuron_fourier
 
@@ -117,7 +117,7 @@ def decompose_logits(logits: torch.Tensor, p: int, key_freqs, sign: int = 1) -> 
 
 
 def cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> float:
-    """Mean -log softmax(logits)[label] in float64: the one scoring path, grokmath.losses."""
+    """Mean -log softmax(logits)[label] in float64: the one scoring path, grokmath.training.losses."""
     return float(losses.loss_fn(logits, labels))
 
 

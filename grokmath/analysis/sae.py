@@ -34,7 +34,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from ..checkpoint import atomic_write_json, load_state_dict_checked, safe_load
+from ..store.checkpoint import atomic_write_json, load_state_dict_checked, safe_load
 from ..config import SAEConfig
 
 EPS = 1e-8  # the clamp of the KL penalty's probabilities
@@ -338,7 +338,7 @@ def save_sae(folder, sae: SparseAutoencoder, cfg: SAEConfig, extra: dict | None 
     """In `folder`, SAELens's layout: `cfg.json` + `sae_weights.safetensors` (W_enc, b_enc, W_dec,
     b_dec, and threshold for JumpReLU), so `sae_lens.SAE.load_from_disk(folder)` loads it unchanged;
     and grokmath's `sae_config.json` (d_in, the training settings and `extra`)."""
-    from ..export import atomic_save_safetensors
+    from ..interop.export import atomic_save_safetensors
 
     folder = Path(folder)
     weights = {k: v.detach().cpu().contiguous() for k, v in sae.state_dict().items()}
@@ -349,7 +349,7 @@ def save_sae(folder, sae: SparseAutoencoder, cfg: SAEConfig, extra: dict | None 
 
 def load_sae(folder, device="cpu"):
     """(sae, cfg, config dict) from a folder written by save_sae (or an older one with sae.pt)."""
-    from ..export import load_safetensors
+    from ..interop.export import load_safetensors
 
     folder = Path(folder)
     path = folder / "sae_config.json"

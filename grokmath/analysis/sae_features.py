@@ -16,8 +16,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..losses import score_sums
-from ..plots import save_figure  # sets matplotlib's Agg backend before pyplot loads
+from ..training.losses import score_sums
+from ..training.plots import save_figure  # sets matplotlib's Agg backend before pyplot loads
 import matplotlib.pyplot as plt  # noqa: E402,I001
 from .sae_source import ModelSource
 

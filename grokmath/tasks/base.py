@@ -71,7 +71,7 @@ class Task:
 
     # Optional (addition, arithmetic): `draw(batch_size, generator)`, the random part of `sample`, with
     # sample(n, gen) == from_digits(*draw(n, gen)); the captured training step draws on the host and
-    # builds the batch on the device (grokmath.capture).
+    # builds the batch on the device (grokmath.training.capture).
 
     def title(self) -> str:
         """The task in a plot title, e.g. '5 digit addition'."""

@@ -26,11 +26,11 @@ from IPython.display import Image, display
 from grokmath.analysis import ablation, attribution, interactive
 from grokmath.analysis.attention import attention_patterns, plot_attention_grid, token_labels
 from grokmath.analysis.plots import save_heatmap
-from grokmath.checkpoint import load_run
+from grokmath.store.checkpoint import load_run
 from grokmath.experiments import experiment_configs
-from grokmath.metrics import phase_change_steps
-from grokmath.plots import smoothing_window
-from grokmath.run import start_run
+from grokmath.training.metrics import phase_change_steps
+from grokmath.training.plots import smoothing_window
+from grokmath.training.run import start_run
 
 FULL = False  # True: the seed notebook's set-up (see above for how long it takes)
 RUNS = Path(os.environ.get("GROKMATH_RUNS") or tempfile.mkdtemp(prefix="grokmath_"))  # set a folder to keep the runs

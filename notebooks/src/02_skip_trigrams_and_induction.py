@@ -27,10 +27,10 @@ from IPython.display import Image, display
 from grokmath.analysis import interactive
 from grokmath.analysis.attention import (attention_grad_to_signal, attention_patterns, induction_scores,
                                          plot_attention_grid, previous_token_scores, token_labels)
-from grokmath.checkpoint import load_run
+from grokmath.store.checkpoint import load_run
 from grokmath.config import TrainConfig, model_config_for
 from grokmath.experiments import experiment_configs, settings
-from grokmath.run import start_run
+from grokmath.training.run import start_run
 from grokmath.tasks import make_task
 
 RUNS = Path(os.environ.get("GROKMATH_RUNS") or tempfile.mkdtemp(prefix="grokmath_"))  # set a folder to keep the runs

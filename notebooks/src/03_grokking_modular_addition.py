@@ -27,10 +27,10 @@ from IPython.display import Image, display
 
 from grokmath.analysis import interactive
 from grokmath.analysis.progress import detect_phases, plot_fourier, plot_progress, progress_measures
-from grokmath.checkpoint import load_run
+from grokmath.store.checkpoint import load_run
 from grokmath.config import TrainConfig, model_config_for
 from grokmath.experiments import settings
-from grokmath.run import start_run
+from grokmath.training.run import start_run
 from grokmath.tasks import make_task
 
 RUN = None  # or the folder of a run of scripts/train_modular.py, e.g. "runs/modular_add_p113_s0"

@@ -22,11 +22,11 @@ from IPython.display import Image, display
 
 from grokmath import utils
 from grokmath.analysis import ablation, interactive, patching
-from grokmath.checkpoint import load_run
+from grokmath.store.checkpoint import load_run
 from grokmath.config import TrainConfig, model_config_for
 from grokmath.experiments import settings
-from grokmath.losses import loss_fn
-from grokmath.run import start_run
+from grokmath.training.losses import loss_fn
+from grokmath.training.run import start_run
 from grokmath.tasks import make_task
 
 RUNS = Path(os.environ.get("GROKMATH_RUNS") or tempfile.mkdtemp(prefix="grokmath_"))  # set a folder to keep the runs

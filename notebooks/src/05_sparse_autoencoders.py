@@ -25,11 +25,11 @@ from grokmath.analysis import interactive
 from grokmath.analysis.sae import SAEConfig, evaluate_sae, format_report, train_sae
 from grokmath.analysis.sae_run import (ModelSource, feature_stats, plot_feature_frequency, plot_feature_heatmap,
                                        spliced_losses)
-from grokmath.checkpoint import load_run
+from grokmath.store.checkpoint import load_run
 from grokmath.config import TrainConfig, model_config_for
 from grokmath.experiments import settings
-from grokmath.metrics import phase_change_steps
-from grokmath.run import start_run
+from grokmath.training.metrics import phase_change_steps
+from grokmath.training.run import start_run
 from grokmath.tasks import make_task
 
 RUNS = Path(os.environ.get("GROKMATH_RUNS") or tempfile.mkdtemp(prefix="grokmath_"))  # set a folder to keep the runs

@@ -27,12 +27,12 @@ from IPython.display import Image, display
 
 from grokmath.analysis import interactive
 from grokmath.analysis.evaluate import evaluate, format_report
-from grokmath.checkpoint import load_run
+from grokmath.store.checkpoint import load_run
 from grokmath.config import TrainConfig, model_config_for
 from grokmath.experiments import settings
-from grokmath.insert import insert_model
-from grokmath.model import Transformer
-from grokmath.run import start_run
+from grokmath.training.insert import insert_model
+from grokmath.model.transformer import Transformer
+from grokmath.training.run import start_run
 from grokmath.tasks import make_task
 
 RUNS = Path(os.environ.get("GROKMATH_RUNS") or tempfile.mkdtemp(prefix="grokmath_"))  # set a folder to keep the runs

@@ -21,8 +21,8 @@ from IPython.display import Image, display
 from grokmath.analysis.explain import claims, nodes, probes, truth
 from grokmath.analysis.explain.report import explain
 from grokmath.config import ModelConfig
-from grokmath.losses import loss_fn
-from grokmath.model import Transformer
+from grokmath.training.losses import loss_fn
+from grokmath.model.transformer import Transformer
 from grokmath.tasks import make_task
 
 RUNS = Path(os.environ.get("GROKMATH_RUNS") or tempfile.mkdtemp(prefix="grokmath_"))  # set a folder to keep the output

@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from ...files import atomic_write_text
+from ...store.files import atomic_write_text
 from .nodes import parse_node
 from .truth import Variable
 

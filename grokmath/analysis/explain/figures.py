@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from ...plots import save_figure
+from ...training.plots import save_figure
 from ..plots import plt  # Agg unless a notebook chose a backend
 
 SHORT = {"BaseAdd": "BA", "BaseSub": "BS", "MakeCarry": "MC", "Cascade": "US9"}

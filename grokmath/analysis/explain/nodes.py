@@ -98,7 +98,7 @@ def ablate_nodes(model, task, tokens: torch.Tensor, nodes: list[PosNode], kind: 
     """Each node ablated on its own: (predicted answers [node, batch, n_pred] int64, loss [node]).
 
     The loss is the mean cross-entropy of the true answer digits over batch and answer positions
-    (as grokmath.losses.score). `reference` gives the mean / resample values (default: the batch).
+    (as grokmath.training.losses.score). `reference` gives the mean / resample values (default: the batch).
     `progress(n)` is called after each n nodes.
     """
     device = model_device(model)

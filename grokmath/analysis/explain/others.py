@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from ...files import atomic_write_text
+from ...store.files import atomic_write_text
 from ..ablation import ablate, per_position, standard_nodes
 from ..attention import attention_patterns, induction_scores, previous_token_scores
 from ..common import question_sampler

@@ -19,7 +19,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from ...files import atomic_write_text, refuse_existing
+from ...store.files import atomic_write_text, refuse_existing
 from ..attention import attention_patterns
 from ..common import question_sampler
 from . import figures

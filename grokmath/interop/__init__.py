@@ -1,0 +1,1 @@
+"""Other codebases' weights and formats: TransformerLens, the seed notebooks, safetensors."""

@@ -1,0 +1,1 @@
+"""Run folders and files: their lifecycle, checkpoints, files written whole, experiment tracking."""

@@ -1,0 +1,1 @@
+"""Tools around the package: the benchmark, its baseline model, the phase-change gallery."""
