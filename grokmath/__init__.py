@@ -8,8 +8,8 @@ import importlib
 
 __all__ = ["ModelConfig", "Transformer", "HookPoint", "ActivationCache"]
 __version__ = "0.1.0"
-_HOME = {"ModelConfig": "config", "Transformer": "model.transformer", "HookPoint": "model.hooks",
-         "ActivationCache": "model.hooks"}
+_HOME = {"ModelConfig": "config", "Transformer": "model.transformer", "HookPoint": "model.hook_point",
+         "ActivationCache": "model.activation_cache"}
 
 
 def __getattr__(name):

@@ -67,3 +67,37 @@ def test_the_top_of_the_package_shows_the_architecture():
         for module in folder.glob("*.py"):
             if module.name != "__init__.py":
                 assert module.name in block, f"README's Layout lists {module.name} outside {folder.name}/"
+
+
+def test_moved_model_names_keep_their_old_import_paths():
+    """Issue 24's split of model/: the names users and notebooks import still resolve from their
+    old modules (re-exports), to the very objects of their new homes."""
+    import grokmath
+    from grokmath.model import activation_cache, hook_point, hooks, layers, transformer
+
+    assert transformer.Transformer is grokmath.Transformer
+    assert transformer.Attention is layers.Attention and transformer.MLP is layers.MLP
+    assert hooks.HookPoint is hook_point.HookPoint is grokmath.HookPoint
+    assert hooks.LensHandle is hook_point.LensHandle and hooks.HookHandle is hook_point.HookHandle
+    assert hooks.ActivationCache is activation_cache.ActivationCache is grokmath.ActivationCache
+
+
+def test_the_model_package_imports_each_name_from_its_home():
+    """Inside grokmath/model/, a name is imported from the module that defines it, never through a
+    module that only re-exports it (the old paths are for users)."""
+    import ast
+
+    model = graph_tool.ROOT / "grokmath" / "model"
+    defined = {}
+    for path in model.glob("*.py"):
+        body = ast.parse(path.read_text()).body
+        defined[path.stem] = {n.name for n in body if isinstance(n, (ast.FunctionDef, ast.ClassDef))}
+        defined[path.stem] |= {t.id for n in body if isinstance(n, ast.Assign) for t in n.targets
+                               if isinstance(t, ast.Name)}
+    through = []
+    for path in model.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level == 1 and node.module in defined:
+                through += [f"{path.name}: {a.name} from .{node.module}" for a in node.names
+                            if a.name not in defined[node.module]]
+    assert not through, through

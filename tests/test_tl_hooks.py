@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from grokmath import ModelConfig, Transformer
-from grokmath.model.hooks import HookPoint
+from grokmath.model.hook_point import HookPoint
 
 CFG = ModelConfig(n_layers=2, d_model=16, n_heads=2, d_vocab=11, n_ctx=6, normalization="LN",
                   attn_bias=True, unembed_bias=True, seed=3)

@@ -38,7 +38,7 @@ from torch.nn.modules import module as torch_module  # the global module-hook ta
 
 from ..config import TrainConfig
 from .grokfast import GradFilter, StaticGradFilter
-from ..model.hooks import HookPoint
+from ..model.hook_point import HookPoint
 from .losses import ScoreSums, score_sums
 from .metrics import HEAD, metric_row
 from .schedule import device_lr_factor, lr_factor, scheduler_state

@@ -20,7 +20,8 @@ from torch.func import functional_call, stack_module_state, vmap
 
 from ..store.checkpoint import load_state_dict_checked
 from ..config import ModelConfig
-from ..model.transformer import Attention, Transformer
+from ..model.layers import Attention
+from ..model.transformer import Transformer
 
 
 class StackedModels:
