@@ -24,6 +24,7 @@ from ..config import ModelConfig
 from .hook_point import HookPoint
 from .utils import ALIASES
 
+
 def _randn(gen: torch.Generator, *shape: int, fan: int) -> nn.Parameter:
     return nn.Parameter(torch.randn(*shape, generator=gen) / math.sqrt(fan))
 
