@@ -207,19 +207,12 @@ def parse(parser: ArgumentParser, argv=None) -> argparse.Namespace:
     """Parse; `args.given` names the flags given, every other flag takes the experiment's default."""
     from . import config_files; from .. import experiments
     config_files.apply_config(parser, argv)  # --config FILE: the file's settings become the defaults
-    args = parser.parse_args(argv)
-    args.given = {k for k, v in vars(args).items() if v is not None and not k.startswith("_")}
-    args.experiment = args._experiment
-    del args._experiment
-    for key, value in experiments.flag_defaults(args.experiment).items():
-        if getattr(args, key, None) is None:
-            setattr(args, key, value)
-    for flag in SWITCHES:
-        if getattr(args, flag) is None:
-            setattr(args, flag, False)
-    if args.out is None:
-        args.out = "runs"
-    return args
+    typed = vars(parser.parse_args(argv))  # a flag neither typed nor in a --config file is None here
+    experiment = typed.pop("_experiment")
+    given = {k: v for k, v in typed.items() if v is not None and not k.startswith("_")}
+    defaults = {**experiments.flag_defaults(experiment), **{flag: False for flag in SWITCHES}, "out": "runs"}
+    # one Namespace, complete when made: nothing below changes it
+    return argparse.Namespace(**{**typed, **defaults, **given}, given=frozenset(given), experiment=experiment)
 
 
 # ---- from flags to configs, then to grokmath.training.run -----------------------------------------------
@@ -255,8 +248,8 @@ def run_training(args, task_options: dict, data: str | None = None, n_train: int
     """Build task, model and training configs from parsed flags and train (or resume) through grokmath.training.run."""
     from ..training import run
     from ..store.tracking import configure_tracking
-    from ..training.train import resolve_device
-    resolve_device(args.device)  # a bad --device fails before anything is written
+    from ..training.devices import resolve_device
+    device = resolve_device(args.device)  # once: a bad --device fails before anything is written
     configure_tracking(tensorboard=args.tensorboard, wandb=args.wandb, warn=_warn)
     progress, plots = not args.no_progress, not args.no_plots
     step_path = "eager" if args.no_capture else "auto"
@@ -266,7 +259,7 @@ def run_training(args, task_options: dict, data: str | None = None, n_train: int
     if args.resume is not None:
         run.put_back_replaced(args.resume)  # a replacement stopped before its first checkpoint: the old run
         check_resume_flags(args, task_options, data, n_train, run_name, insert)
-        for result in run.resume_runs(args.resume, args.device, args.steps if "steps" in args.given else None,
+        for result in run.resume_runs(args.resume, device, args.steps if "steps" in args.given else None,
                                       progress=progress, plots=plots, warn=_warn, step_path=step_path):
             report(result)
         return
@@ -280,12 +273,12 @@ def run_training(args, task_options: dict, data: str | None = None, n_train: int
     if args.seeds:
         results = run.start_seed_runs(model_cfg, task, train_cfg, args.seeds,
                                       run.seed_run_dirs(run_dir, args.seed, args.seeds), overwrite=args.overwrite,
-                                      device=args.device, progress=progress, plots=plots, step_path=step_path)
+                                      device=device, progress=progress, plots=plots, step_path=step_path)
     elif world > 1:
         results = [run.start_data_parallel(model_cfg, task, train_cfg, run_dir, int(os.environ.get("LOCAL_RANK", "0")),
-                                           world, args.overwrite, args.device, progress, plots)]
+                                           world, args.overwrite, device, progress, plots)]
     else:
-        results = [run.start_run(model_cfg, task, train_cfg, run_dir, overwrite=args.overwrite, device=args.device,
+        results = [run.start_run(model_cfg, task, train_cfg, run_dir, overwrite=args.overwrite, device=device,
                                  progress=progress, plots=plots, insert=insert, step_path=step_path)]
     for result in results:
         if result is not None:
