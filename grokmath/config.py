@@ -51,10 +51,13 @@ class ModelConfig:
         def fail(name, why, fix):
             raise ValueError(f"ModelConfig.{name}={getattr(self, name)!r} {why}: {fix}")
 
+        def check_size(name, fix):  # the one whole-number check (is_whole); a numpy integer is kept as an int
+            if not is_whole(getattr(self, name), 1):
+                fail(name, "is not a positive integer", fix)
+            object.__setattr__(self, name, int(getattr(self, name)))
+
         for name in ("n_layers", "d_model", "n_heads", "d_vocab", "n_ctx"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                fail(name, "is not a positive integer", f"set {name} to a whole number >= 1")
+            check_size(name, f"set {name} to a whole number >= 1")
         if self.d_head is None:
             if self.d_model % self.n_heads:
                 fail("d_model", f"is not divisible by n_heads={self.n_heads}",
@@ -65,9 +68,7 @@ class ModelConfig:
         if self.d_vocab_out is None:
             object.__setattr__(self, "d_vocab_out", self.d_vocab)
         for name in ("d_head", "d_mlp", "d_vocab_out"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                fail(name, "is not a positive integer", f"set {name} to a whole number >= 1 (or None to derive it)")
+            check_size(name, f"set {name} to a whole number >= 1 (or None to derive it)")
         if self.act_fn not in ACT_FNS:
             fail("act_fn", "is not a known activation", f"use one of {ACT_FNS}")
         if self.normalization not in NORMALIZATIONS:

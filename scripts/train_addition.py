@@ -34,8 +34,9 @@ def main(argv=None):
     args = cli.parse(build_parser(), argv)
     finite = args.finite is not None
     name = f"addition_{args.digits}d" + (f"_finite{args.finite}" if finite else "") + f"_s{args.seed}"
-    cli.run_training(args, {"n_digits": args.digits}, data="finite" if finite else None, n_train=args.finite,
-                     run_name=name)
+    configs = cli.training_configs(args, {"n_digits": args.digits}, data="finite" if finite else None,
+                                   n_train=args.finite)
+    cli.run_training(args, configs, run_name=name)
 
 
 if __name__ == "__main__":

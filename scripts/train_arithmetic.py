@@ -66,8 +66,8 @@ def main(argv=None):
     mix = "".join(f"{op}{share:g}" for op, share in args.ops.items())
     insert = insert_settings(args)
     prefix = "" if insert is None else f"ins{insert['mode']}_"
-    cli.run_training(args, {"n_digits": args.digits, "ops": args.ops, "enrich": args.enrich},
-                     run_name=f"{prefix}arithmetic_{args.digits}d_{mix}_s{args.seed}", insert=insert)
+    configs = cli.training_configs(args, {"n_digits": args.digits, "ops": args.ops, "enrich": args.enrich})
+    cli.run_training(args, configs, run_name=f"{prefix}arithmetic_{args.digits}d_{mix}_s{args.seed}", insert=insert)
 
 
 if __name__ == "__main__":

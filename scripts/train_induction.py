@@ -34,7 +34,8 @@ def build_parser():
 
 def main(argv=None):
     args = cli.parse(build_parser(), argv)
-    cli.run_training(args, {k: getattr(args, k) for k in OPTIONS}, run_name=f"induction_s{args.seed}")
+    configs = cli.training_configs(args, {k: getattr(args, k) for k in OPTIONS})
+    cli.run_training(args, configs, run_name=f"induction_s{args.seed}")
 
 
 if __name__ == "__main__":

@@ -34,8 +34,8 @@ def main(argv=None):
     args = cli.parse(parser, argv)
     if "batch_size" in args.given:
         parser.error("--batch-size does not apply: modular arithmetic trains full batch on the training pairs")
-    cli.run_training(args, {"p": args.p, "op": args.op, "frac_train": args.frac_train},
-                     run_name=f"modular_{args.op}_p{args.p}_s{args.seed}")
+    configs = cli.training_configs(args, {"p": args.p, "op": args.op, "frac_train": args.frac_train})
+    cli.run_training(args, configs, run_name=f"modular_{args.op}_p{args.p}_s{args.seed}")
 
 
 if __name__ == "__main__":

@@ -32,8 +32,9 @@ def build_parser():
 def main(argv=None):
     args = cli.parse(build_parser(), argv)
     finite = args.finite is not None
-    cli.run_training(args, {"rand_size": args.rand_size, "seq_len": args.seq_len},
-                     data="finite" if finite else None, n_train=args.finite,
+    configs = cli.training_configs(args, {"rand_size": args.rand_size, "seq_len": args.seq_len},
+                                   data="finite" if finite else None, n_train=args.finite)
+    cli.run_training(args, configs,
                      run_name="skip_trigram" + (f"_finite{args.finite}" if finite else "") + f"_s{args.seed}")
 
 

@@ -17,8 +17,8 @@ def script_configs(name, argv, monkeypatch):
     caught where it hands them to grokmath.training.run (nothing is trained)."""
     caught = {}
 
-    def catch(args, task_options, data=None, n_train=None, run_name=None, insert=None):
-        task, model_cfg, train_cfg = cli.training_configs(args, task_options, data, n_train)
+    def catch(args, configs, run_name=None, insert=None):
+        task, model_cfg, train_cfg = configs
         caught.update(task=task.options(), model=model_cfg, train=train_cfg)
 
     monkeypatch.setattr(cli, "run_training", catch)

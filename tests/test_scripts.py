@@ -128,3 +128,36 @@ def test_every_flag_has_help_and_the_docstring_an_example(script):
     parser = module.build_parser()
     assert all(action.help for action in parser._actions), [a.dest for a in parser._actions if not a.help]
     assert f"python scripts/{script}.py" in module.__doc__
+
+
+CHECKS = ("resolve_device", "check_stackable", "check_data_parallel")
+
+
+def test_each_check_runs_once_on_the_way_from_the_flags_to_the_loop(tmp_path, monkeypatch):
+    """The device is resolved and the seeds checked once, at the edge, whichever module holds a
+    name for the check: a single run, a --seeds group and a --resume each count one."""
+    from grokmath.training import devices
+    from grokmath.training import train as train_module
+    calls = {name: 0 for name in CHECKS}
+
+    def counted(name, check):
+        def wrapper(*args, **kwargs):
+            calls[name] += 1
+            return check(*args, **kwargs)
+        return wrapper
+
+    originals = {"resolve_device": devices.resolve_device, "check_data_parallel": devices.check_data_parallel,
+                 "check_stackable": train_module.check_stackable}
+    for module in [m for name, m in sys.modules.items() if name.startswith("grokmath") and m is not None]:
+        for name, check in originals.items():
+            if getattr(module, name, None) is check:
+                monkeypatch.setattr(module, name, counted(name, check))
+    tiny = ["--digits", "2", "--d-model", "16", "--n-heads", "2", "--steps", "2", "--checkpoint-every", "2",
+            "--device", "cpu", "--out", str(tmp_path), "--no-progress", "--no-plots"]
+    script = load_script("train_addition")
+    script.main([*tiny, "--run-name", "one"])
+    assert calls == {"resolve_device": 1, "check_stackable": 0, "check_data_parallel": 0}
+    script.main([*tiny, "--seeds", "1", "2"])
+    assert calls == {"resolve_device": 2, "check_stackable": 1, "check_data_parallel": 0}
+    script.main(["--resume", str(tmp_path / "one"), "--steps", "4", "--no-progress", "--no-plots"])
+    assert calls == {"resolve_device": 3, "check_stackable": 1, "check_data_parallel": 0}

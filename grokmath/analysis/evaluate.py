@@ -37,7 +37,7 @@ from contextlib import nullcontext
 import torch
 from tqdm.auto import tqdm
 
-from ..training.capture import CUDAGraphCapture, choose_step_path, first_line
+from ..training.capture import CUDAGraphCapture, choose_step_path, self_checked
 from ..config import check_whole
 from ..training.losses import correct
 from ..training.memory import check_fits, forward_bytes
@@ -60,7 +60,7 @@ def count_nines(wrong: int, n: int) -> tuple[int, bool]:
 
 
 def _check_task(task):
-    if not all(hasattr(task, attr) for attr in ("n_question", "n_answer", "answer_from_tokens")):
+    if not task.has_numeric_answers:
         raise ValueError(f"evaluate works on the addition and arithmetic tasks, not {task.name!r}")
 
 
@@ -288,31 +288,21 @@ def static_counts(model, task, sampler, generator, n_questions, batch_size, devi
 
 def checked_replay(step, state: list[torch.Tensor], capturer):
     """(replay, None) if `capturer`'s replay of `step` changes `state` exactly as step run eagerly does,
-    else (None, why); `state` is left as it was."""
-    before = [t.clone() for t in state]
+    else (None, why); `state` is left as it was (the training step's self-check, capture.self_checked)."""
+    def snapshot():
+        return [t.clone() for t in state]
 
-    def restore():
-        for t, b in zip(state, before):
+    def restore(saved):
+        for t, b in zip(state, saved):
             t.copy_(b)
 
-    stage = "capturing the forward"
-    try:
-        replay = capturer(step)
-        restore()
-        stage = "the eager forward of the self-check"
-        step()
-        reference = [t.clone() for t in state]
-        restore()
-        stage = "replaying the captured forward"
-        replay()
-        same = all(torch.equal(r, t) for r, t in zip(reference, state))
-    except Exception as error:  # any failure means: count eagerly, and say why
-        restore()
-        return None, f"{stage} failed ({type(error).__name__}: {first_line(error)})"
-    restore()
-    if not same:
-        return None, "the captured forward failed its self-check against the eager forward (counts differ)"
-    return replay, None
+    def differ(reference, replayed):
+        return None if all(torch.equal(r, t) for r, t in zip(reference, replayed)) else "counts differ"
+
+    return self_checked(lambda: capturer(step), step, lambda replay: replay(), snapshot, restore, snapshot(), differ,
+                        ("capturing the forward", "the eager forward of the self-check",
+                         "replaying the captured forward"),
+                        "the captured forward failed its self-check against the eager forward ({})")
 
 
 def _describe_failures(model, task, tokens: torch.Tensor, right: torch.Tensor) -> list[dict]:

@@ -4,8 +4,9 @@
 has (--steps --seed --device --run-name --out --checkpoint-every --batch-size --lr
 --weight-decay --d-model --n-layers --n-heads --overwrite --grokfast --resume --seeds ...), their
 defaults and --help taken from grokmath/experiments.py; a script adds its task's own flags, then
-calls `run_training(args, task_options)`, which turns the flags into configs and hands them to
-grokmath.training.run (the orchestration lives there, not here). `--resume RUN_DIR` accepts the other flags
+builds the configs once, `training_configs(args, task_options)`, and hands them to `run_training(args,
+configs)`, the one entry point, which starts or resumes the run through grokmath.training.run (the
+orchestration lives there, not here). `--resume RUN_DIR` accepts the other flags
 when they equal the run's saved settings (re-type the command you ran and add --resume) and names
 the ones that differ. `main_guard(main)` (grokmath.cli.guard) is the error edge: a mistake a user can make
 (ValueError, a bad file) becomes one line on stderr and exit status 2, never a traceback; an
@@ -207,22 +208,15 @@ def parse(parser: ArgumentParser, argv=None) -> argparse.Namespace:
     """Parse; `args.given` names the flags given, every other flag takes the experiment's default."""
     from . import config_files; from .. import experiments
     config_files.apply_config(parser, argv)  # --config FILE: the file's settings become the defaults
-    args = parser.parse_args(argv)
-    args.given = {k for k, v in vars(args).items() if v is not None and not k.startswith("_")}
-    args.experiment = args._experiment
-    del args._experiment
-    for key, value in experiments.flag_defaults(args.experiment).items():
-        if getattr(args, key, None) is None:
-            setattr(args, key, value)
-    for flag in SWITCHES:
-        if getattr(args, flag) is None:
-            setattr(args, flag, False)
-    if args.out is None:
-        args.out = "runs"
-    return args
+    typed = vars(parser.parse_args(argv))  # a flag neither typed nor in a --config file is None here
+    experiment = typed.pop("_experiment")
+    given = {k: v for k, v in typed.items() if v is not None and not k.startswith("_")}
+    defaults = {**experiments.flag_defaults(experiment), **{flag: False for flag in SWITCHES}, "out": "runs"}
+    # one Namespace, complete when made: nothing below changes it
+    return argparse.Namespace(**{**typed, **defaults, **given}, given=frozenset(given), experiment=experiment)
 
 
-# ---- from flags to configs, then to grokmath.training.run -----------------------------------------------
+# ---- from flags to configs, then to grokmath.training.run --------------------------------------
 
 def training_configs(args, task_options: dict, data: str | None = None, n_train: int | None = None):
     """(task, ModelConfig, TrainConfig) from parsed flags: the experiment's settings with the flags over
@@ -250,13 +244,14 @@ def run_dir_of(args, run_name: str) -> Path:
     return Path(args.out) / (name or run_name)
 
 
-def run_training(args, task_options: dict, data: str | None = None, n_train: int | None = None,
-                 run_name: str | None = None, insert: dict | None = None) -> None:
-    """Build task, model and training configs from parsed flags and train (or resume) through grokmath.training.run."""
+def run_training(args, configs: tuple, run_name: str | None = None, insert: dict | None = None) -> None:
+    """Train (or, with --resume, continue) the run of the configs a script built once from its flags
+    (`training_configs`): the one entry point of every training script. The device is resolved here,
+    once; a resume first checks the flags given beside it against the run's saved configs."""
     from ..training import run
     from ..store.tracking import configure_tracking
-    from ..training.train import resolve_device
-    resolve_device(args.device)  # a bad --device fails before anything is written
+    from ..training.devices import resolve_device
+    device = resolve_device(args.device)  # once: a bad --device fails before anything is written
     configure_tracking(tensorboard=args.tensorboard, wandb=args.wandb, warn=_warn)
     progress, plots = not args.no_progress, not args.no_plots
     step_path = "eager" if args.no_capture else "auto"
@@ -265,12 +260,12 @@ def run_training(args, task_options: dict, data: str | None = None, n_train: int
         raise ValueError("--resume and --seeds run in one process: leave out torchrun")
     if args.resume is not None:
         run.put_back_replaced(args.resume)  # a replacement stopped before its first checkpoint: the old run
-        check_resume_flags(args, task_options, data, n_train, run_name, insert)
-        for result in run.resume_runs(args.resume, args.device, args.steps if "steps" in args.given else None,
+        check_resume_flags(args, configs, run_name, insert)
+        for result in run.resume_runs(args.resume, device, args.steps if "steps" in args.given else None,
                                       progress=progress, plots=plots, warn=_warn, step_path=step_path):
             report(result)
         return
-    task, model_cfg, train_cfg = training_configs(args, task_options, data, n_train)
+    task, model_cfg, train_cfg = configs
     run_dir = run_dir_of(args, run_name or f"{task.name}_s{args.seed}")
     if args.run_name is None and not args.overwrite:
         check_default_name_free(run.seed_run_dirs(run_dir, args.seed, args.seeds) if args.seeds else [run_dir],
@@ -280,12 +275,12 @@ def run_training(args, task_options: dict, data: str | None = None, n_train: int
     if args.seeds:
         results = run.start_seed_runs(model_cfg, task, train_cfg, args.seeds,
                                       run.seed_run_dirs(run_dir, args.seed, args.seeds), overwrite=args.overwrite,
-                                      device=args.device, progress=progress, plots=plots, step_path=step_path)
+                                      device=device, progress=progress, plots=plots, step_path=step_path)
     elif world > 1:
         results = [run.start_data_parallel(model_cfg, task, train_cfg, run_dir, int(os.environ.get("LOCAL_RANK", "0")),
-                                           world, args.overwrite, args.device, progress, plots)]
+                                           world, args.overwrite, device, progress, plots)]
     else:
-        results = [run.start_run(model_cfg, task, train_cfg, run_dir, overwrite=args.overwrite, device=args.device,
+        results = [run.start_run(model_cfg, task, train_cfg, run_dir, overwrite=args.overwrite, device=device,
                                  progress=progress, plots=plots, insert=insert, step_path=step_path)]
     for result in results:
         if result is not None:
@@ -312,50 +307,38 @@ def check_default_name_free(run_dirs: list, fresh: dict) -> None:
                              "run its own folder with --run-name NAME (or --overwrite to replace that run)")
 
 
-def check_resume_flags(args, task_options: dict, data, n_train, run_name, insert) -> None:
-    """--resume with other flags: each must equal the run's saved setting; name those that differ."""
+def check_resume_flags(args, configs, run_name, insert) -> None:
+    """--resume with other flags: each must equal the run's saved setting; name those that differ.
+    The settings are compared as configs (the saved config.json against the configs the flags
+    build, config_differences), each difference named by its flag where that flag was given."""
     from .. import experiments; from ..training import run
     from ..store.checkpoint import RunDir
     members = run.group_of(args.resume)
-    config = RunDir(args.resume).read_config()
+    saved = RunDir(args.resume).read_config()
     task_name = experiments.EXPERIMENTS[args.experiment].task
-    if config["task"]["name"] != task_name:
-        raise ValueError(f"{args.resume} is a {config['task']['name']} run: resume it with "
-                         f"scripts/train_{config['task']['name']}.py")
+    if saved["task"]["name"] != task_name:
+        raise ValueError(f"{args.resume} is a {saved['task']['name']} run: resume it with "
+                         f"scripts/train_{saved['task']['name']}.py")
     given = sorted(args.given - RESUME_FLAGS)
     if not given:
         return
     if "overwrite" in given:
         raise ValueError("--overwrite cannot be combined with --resume: --resume continues the run, --overwrite "
                          "replaces it; give one of them")
-    task, model_cfg, train_cfg = training_configs(args, task_options, data, n_train)
+    task, model_cfg, train_cfg = configs
     fresh = {"model": model_cfg.to_dict(), "task": task.options(), "train": train_cfg.to_dict()}
     seeds = [RunDir(m).read_config()["train"]["seed"] for m in members] if len(members) > 1 else None
-    option_of = {experiments.FLAG_NAMES.get(k, k): k for k in config["task"] if k != "name"}
-    changed = {(section, key): (old, new) for section, key, old, new in config_differences(config, fresh)}
+    settings = {setting_flag(section, key) for section in fresh for key in fresh[section]}
+    said = {}  # flag dest -> how its setting differs
+    for section, key, old, new in config_differences(saved, fresh, ignore={"seed"} if seeds else ()):
+        if key == "betas":  # the flag sets the second
+            old, new = old[1], new[1]
+        said.setdefault(setting_flag(section, key), f"{key} {shown(old)}, given {shown(new)}")
     differ = []
-
-    def compare(dest, section, key):
-        if (section, key) in changed:
-            old, new = changed[section, key]
-            differ.append((dest, f"{key} {shown(old)}, given {shown(new)}"))
-
     for dest in given:
-        if dest in MODEL_FIELDS:
-            compare(dest, "model", dest)
-        elif dest == "seed":
-            if seeds is None:
-                compare(dest, "train", "seed")
-        elif dest == "beta2":
-            beta2, saved = fresh["train"]["betas"][1], config["train"].get("betas")[1]
-            if beta2 != saved:
-                differ.append((dest, f"betas {shown(saved)}, given {shown(beta2)}"))
-        elif dest in TRAIN_FIELDS:
-            compare(dest, "train", dest)
-        elif dest == "finite":
-            compare(dest, "train", "n_train")
-        elif dest in option_of:
-            compare(dest, "task", option_of[dest])
+        if dest in settings:
+            if dest in said:
+                differ.append((dest, said[dest]))
         elif dest == "seeds":
             if seeds != list(args.seeds):
                 differ.append((dest, f"seeds {seeds or 'none (a single run)'}, given {args.seeds}"))
@@ -367,15 +350,9 @@ def check_resume_flags(args, task_options: dict, data, n_train, run_name, insert
             if where not in wanted:
                 differ.append((dest, f"folder {args.resume}, given {dirs[0] if dest == 'run_name' else args.out}"))
         elif dest.startswith("insert_") and insert is not None:
-            saved = config.get("insert") or {}
-            key = {"insert_from": "run_dir"}.get(dest, dest.removeprefix("insert_"))
-            ours = insert.get(key)
-            if key == "heads" and isinstance(ours, str):
-                ours = [h.strip().upper() for h in ours.split(",")]
-            if key == "step" and ours is None:
-                continue  # the newest checkpoint, resolved when the run started
-            if json.loads(json.dumps(ours)) != json.loads(json.dumps(saved.get(key))):
-                differ.append((dest, f"insert {key} {saved.get(key)}, given {ours}"))
+            text = insert_difference(dest, saved.get("insert") or {}, insert)
+            if text:
+                differ.append((dest, text))
         else:
             differ.append((dest, "not a setting a resumed run can take"))
     if differ:
@@ -384,6 +361,27 @@ def check_resume_flags(args, task_options: dict, data, n_train, run_name, insert
         raise ValueError(f"{flags} cannot be combined with --resume: the run's saved settings differ ({details}); "
                          "a resumed run keeps RUN_DIR/config.json: leave those flags out or give the saved values "
                          "(only --steps and --device may change)")
+
+
+def setting_flag(section: str, key: str) -> str:
+    """The flag (its dest) that sets a config.json setting: the setting's own name but for a few."""
+    from .. import experiments
+    if section == "task":
+        return experiments.FLAG_NAMES.get(key, key)
+    return {("train", "n_train"): "finite", ("train", "betas"): "beta2"}.get((section, key), key)
+
+
+def insert_difference(dest: str, saved: dict, insert: dict) -> str | None:
+    """How an --insert-* flag differs from the run's saved insertion (config.json's "insert"), or None."""
+    key = {"insert_from": "run_dir"}.get(dest, dest.removeprefix("insert_"))
+    ours = insert.get(key)
+    if key == "heads" and isinstance(ours, str):
+        ours = [h.strip().upper() for h in ours.split(",")]
+    if key == "step" and ours is None:
+        return None  # the newest checkpoint, resolved when the run started
+    if json.loads(json.dumps(ours)) != json.loads(json.dumps(saved.get(key))):
+        return f"insert {key} {saved.get(key)}, given {ours}"
+    return None
 
 
 # ---- what the user sees -------------------------------------------------------------------------

@@ -227,6 +227,8 @@ class AdditionTask(Task):
         return x, y
 
     has_ground_truth = True
+    has_numeric_answers = True
+    draws_apart = True
     truth_ops = ("add",)
     position_word = "digit"
 

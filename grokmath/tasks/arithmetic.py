@@ -98,6 +98,8 @@ class ArithmeticTask(Task):
                             self.op_per_batch)
 
     has_ground_truth = True
+    has_numeric_answers = True
+    draws_apart = True
     position_word = "digit"
 
     def title(self) -> str:

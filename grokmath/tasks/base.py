@@ -61,6 +61,10 @@ class Task:
     has_progress_measures = False  # modular: the progress-measures paper's Fourier measures apply
     position_word = "position"  # what plots call a scored position ('digit' in the digit tasks)
     truth_ops: tuple[str, ...] = ()  # the ops whose ground-truth variables are known (op_mask, variable_prefix)
+    # addition, arithmetic: questions of n_question tokens whose answer, n_answer tokens, is a number
+    # (`answer_from_tokens`), which analysis/evaluate checks by greedy generation
+    has_numeric_answers = False
+    draws_apart = False  # addition, arithmetic: `draw` below, so the captured step builds batches on the device
 
     def options(self) -> dict:
         """The keyword options that rebuild this task with make_task(self.name, **options)."""
@@ -69,9 +73,11 @@ class Task:
     def sample(self, batch_size: int, generator: torch.Generator) -> Batch:
         raise NotImplementedError
 
-    # Optional (addition, arithmetic): `draw(batch_size, generator)`, the random part of `sample`, with
-    # sample(n, gen) == from_digits(*draw(n, gen)); the captured training step draws on the host and
-    # builds the batch on the device (grokmath.training.capture).
+    def draw(self, batch_size: int, generator: torch.Generator) -> tuple:
+        """Where `draws_apart` (addition, arithmetic): the random part of `sample`, with sample(n, gen)
+        == from_digits(*draw(n, gen)); the captured training step draws on the host and builds the
+        batch on the device (grokmath.training.capture)."""
+        raise NotImplementedError(f"the {self.name!r} task draws its batches whole (draws_apart is False)")
 
     def title(self) -> str:
         """The task in a plot title, e.g. '5 digit addition'."""

@@ -159,7 +159,7 @@ class StaticStep:
         self.full_batch = datas[0].full_batch
         # fresh batches of a task that can draw them apart (addition, arithmetic): only the random digits
         # cross from the host, and the step builds the batch from them on the device
-        self.builds = datas[0].train is None and hasattr(task, "draw")
+        self.builds = datas[0].train is None and task.draws_apart
         # the input buffers, first filled with examples of the right shape that no generator paid for
         first = [self._shape_example(task, data) for data in datas]
         self.tokens = torch.stack([b.tokens for b, _ in first]).to(device)  # [K, batch, n_ctx]
@@ -385,29 +385,48 @@ class StaticStep:
             before = self.snapshot()
         except Exception as error:  # e.g. out of memory: nothing has changed yet
             return f"no memory to check a capture ({type(error).__name__}: {first_line(error)})"
-        stage = "capturing the step"
-        try:
-            with warnings.catch_warnings():  # capturable AdamW warns when stepped outside a capture
-                warnings.simplefilter("ignore")
-                replay_train = capturer(self.train_fn)
-                replay_test = capturer(self.test_fn) if self.has_test else self.test_fn
-                self.restore(before)
-                stage = "stepping eagerly for the self-check"
-                self.steps(CHECK_STEPS, self.test_fn, self.train_fn)
-                reference = self.snapshot()
-                self.restore(before)
-                stage = "replaying the captured step"
-                self.steps(CHECK_STEPS, replay_test, replay_train)
-                replayed = self.snapshot()
-        except Exception as error:  # any failure means: run eager, and say why
-            self.restore(before)
-            return f"{stage} failed ({type(error).__name__}: {first_line(error)})"
-        self.restore(before)
-        mismatch = compare_states([name for name, _ in self.state_tensors()], before, reference, replayed)
-        if mismatch is not None:
-            return f"the captured step failed its self-check against the eager step ({mismatch})"
-        self.replay_train, self.replay_test = replay_train, replay_test
-        return None
+        names = [name for name, _ in self.state_tensors()]
+        with warnings.catch_warnings():  # capturable AdamW warns when stepped outside a capture
+            warnings.simplefilter("ignore")
+            replays, why_not = self_checked(
+                lambda: (capturer(self.train_fn), capturer(self.test_fn) if self.has_test else self.test_fn),
+                lambda: self.steps(CHECK_STEPS, self.test_fn, self.train_fn),
+                lambda replays: self.steps(CHECK_STEPS, replays[1], replays[0]),
+                self.snapshot, self.restore, before,
+                lambda reference, replayed: compare_states(names, before, reference, replayed),
+                ("capturing the step", "stepping eagerly for the self-check", "replaying the captured step"),
+                "the captured step failed its self-check against the eager step ({})")
+        if replays is not None:
+            self.replay_train, self.replay_test = replays
+        return why_not
+
+
+def self_checked(capture, run_eager, run_replays, snapshot, restore, before, differ, stages, failed: str):
+    """The one self-check of a capture (the training step's here, the evaluation's forward in
+    grokmath.analysis.evaluate): from the state `before`, `capture()` the replays; from `before`
+    again, `run_eager()`; from `before` again, `run_replays(replays)`; then `differ(reference,
+    replayed)` (the two states reached) says what differs, or None. The state is `before` again at
+    the end, whatever happened. Returns (replays, None) if they passed, else (None, why): the stage
+    that failed, or `failed` (a format with one {}) filled with what differs."""
+    stage = stages[0]
+    try:
+        replays = capture()
+        restore(before)
+        stage = stages[1]
+        run_eager()
+        reference = snapshot()
+        restore(before)
+        stage = stages[2]
+        run_replays(replays)
+        replayed = snapshot()
+    except Exception as error:  # any failure means: run eager, and say why
+        restore(before)
+        return None, f"{stage} failed ({type(error).__name__}: {first_line(error)})"
+    restore(before)
+    mismatch = differ(reference, replayed)
+    if mismatch is not None:
+        return None, failed.format(mismatch)
+    return replays, None
 
 
 def first_line(error: Exception) -> str:

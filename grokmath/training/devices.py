@@ -30,6 +30,12 @@ def resolve_device(name: str | None = None) -> torch.device:
     return device
 
 
+def as_device(device) -> torch.device:
+    """A device resolved already (at the edge) as it is; a name, or None, resolved here: each path
+    from a caller to the loop checks its device once."""
+    return device if isinstance(device, torch.device) else resolve_device(device)
+
+
 def data_parallel_rank() -> tuple[int, int]:
     """(rank, world size) of this process under torch.distributed; (0, 1) without it."""
     if torch.distributed.is_available() and torch.distributed.is_initialized():
@@ -42,15 +48,14 @@ def rank_seed(seed: int, rank: int) -> int:
     return seed + 1_000_003 * rank
 
 
-def check_data_parallel(cfg: TrainConfig, world: int, resume: bool) -> None:
+def check_data_parallel(cfg: TrainConfig, world: int) -> None:
+    """What torchrun cannot train, refused on every rank alike, before any collective."""
     if cfg.data != "infinite":
         raise ValueError("data-parallel training needs a fresh batch each step (infinite data): "
                          "train finite or full-batch runs in one process")
     if cfg.batch_size % world:
         raise ValueError(f"--batch-size {cfg.batch_size} does not divide among {world} processes: "
                          f"use a multiple of {world}")
-    if resume:
-        raise ValueError("--resume is for single-process runs: resume without torchrun")
     if cfg.grokfast is not None or cfg.skip_nonfinite:
         raise ValueError("--grokfast and --skip-nonfinite are for single-process runs")
 

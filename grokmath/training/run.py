@@ -38,8 +38,8 @@ from .insert import inserter_from_run
 from .memory import check_training_fits
 from ..model.transformer import Transformer
 from .plots import plot_run
-from .train import (TrainResult, check_data_parallel, check_stackable, probe_batch, resolve_device, train,
-                    train_seeds)
+from .devices import as_device
+from .train import TrainResult, check_data_parallel, check_stackable, probe_batch, train, train_seeds
 
 
 def _signal_name(signum: int) -> str:
@@ -134,7 +134,7 @@ def start_run(model_cfg: ModelConfig, task, train_cfg: TrainConfig, run_dir, ove
     insert: start from a trained smaller run (grokmath.training.insert): the keyword arguments of
     `inserter_from_run` after the model, e.g. {"run_dir": "runs/add", "mode": 2, "every": 100}.
     """
-    device = resolve_device(device)  # a bad device fails before the folder is touched
+    device = as_device(device)  # a bad device fails before the folder is touched
     check_run_name(run_dir)
     check_training_fits(model_cfg, task, train_cfg, device)  # before anything is allocated
     probe_batch(task, train_cfg)  # a data set the task cannot make fails here too
@@ -164,7 +164,7 @@ def start_seed_runs(model_cfg: ModelConfig, task, train_cfg: TrainConfig, seeds:
                     plots: bool = True, step_path: str = "auto") -> list[TrainResult]:
     """Create one run folder per seed (as single runs would, plus group.json), train them together
     in the one loop, draw each one's plots."""
-    device = resolve_device(device)
+    device = as_device(device)
     check_stackable(train_cfg, seeds)
     check_training_fits(model_cfg, task, train_cfg, device, n_models=len(seeds))
     probe_batch(task, train_cfg)
@@ -181,11 +181,11 @@ def start_data_parallel(model_cfg: ModelConfig, task, train_cfg: TrainConfig, ru
                         plots: bool = True) -> TrainResult | None:
     """Under torchrun: DistributedDataParallel over the processes (gloo on CPU, nccl on GPU); rank 0
     writes the run folder and returns its result, every rank trains on its share of each global batch."""
-    check_data_parallel(train_cfg, world, resume=False)  # every rank fails alike, before any collective
+    check_data_parallel(train_cfg, world)  # every rank fails alike, before any collective
     check_run_name(run_dir)
     RunDir(run_dir).check_replaceable(overwrite)
     RunDir(run_dir).check_not_in_use()
-    device = resolve_device(device)
+    device = as_device(device)
     if device.type == "cuda":
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
@@ -230,7 +230,7 @@ def resume_runs(run_dir, device=None, steps: int | None = None, progress: bool =
                 warn=print, step_path: str = "auto") -> list[TrainResult]:
     """Continue a run (or its whole --seeds group) from its newest resumable checkpoint, optionally
     to a larger `steps`; returns one result per run, in the group's order."""
-    device = resolve_device(device)
+    device = as_device(device)
     first_run = RunDir(run_dir)
     if not (first_run.is_run() or first_run.needs_recovery()):  # (a move aside left half done: recovered below)
         first_run.check_is_run()  # says what is wrong: missing, or not a run folder

@@ -53,8 +53,8 @@ from .announce import StepTimer, run_header
 from .capture import CUDAGraphCapture, StaticStep, choose_step_path, eager_filter, static_filter
 from ..store.checkpoint import RunDir, atomic_write_json, load_latest_states
 from ..config import ModelConfig, TrainConfig
-from .devices import (agreed_signal, check_data_parallel, data_parallel_rank, rank_seed,  # noqa: F401 (re-exported)
-                      resolve_device, stop_on_signals, tf32_matmuls)
+from .devices import (agreed_signal, as_device, check_data_parallel, data_parallel_rank, rank_seed,  # noqa: F401
+                      resolve_device, stop_on_signals, tf32_matmuls)  # (check_data_parallel, resolve_device: re-exported)
 from .errors import NonFiniteLoss, TrainingInterrupted, TrainingStopped  # noqa: F401 (also grokmath.training.train's)
 from .losses import score_sums
 from .metrics import MetricsLog, metric_columns, metric_row, summarize
@@ -139,12 +139,13 @@ def train(model, task, cfg: TrainConfig, run_dir=None, device=None, resume: bool
     Under torch.distributed (torchrun) the forward runs through DistributedDataParallel.
     step_path: 'auto' (the captured step on a GPU where it can run, else eager), 'eager', or
     'static' (the captured step's static buffers on any device, captured by `capturer` if given)."""
-    device = resolve_device(device) if not isinstance(device, torch.device) else device
+    device = as_device(device)
     model.to(device)
     rank, world = data_parallel_rank()
     forward = None
-    if world > 1:
-        check_data_parallel(cfg, world, resume)
+    if world > 1:  # (what else torchrun cannot train, start_data_parallel refused before any collective)
+        if resume:
+            raise ValueError("--resume is for single-process runs: resume without torchrun")
         forward = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     return run_loop(OneModel(model, forward), task, [cfg], [run_dir], device, resume, progress, warn, after_step,
                     step_path, capturer)[0]
@@ -153,9 +154,9 @@ def train(model, task, cfg: TrainConfig, run_dir=None, device=None, resume: bool
 def train_seeds(model_cfg: ModelConfig, task, cfg: TrainConfig, seeds: list[int], run_dirs=None, device=None,
                 resume: bool = False, progress: bool = True, warn=print, step_path: str = "auto",
                 capturer=None) -> list[TrainResult]:
-    """Train one model per seed at once (model init and data both seeded by it); run_dirs already created."""
-    check_stackable(cfg, seeds)
-    device = resolve_device(device) if not isinstance(device, torch.device) else device
+    """Train one model per seed at once (model init and data both seeded by it); run_dirs already created,
+    seeds checked (check_stackable) by the caller that made them (start_seed_runs)."""
+    device = as_device(device)
     cfgs = [replace(cfg, seed=s) for s in seeds]
     return run_loop(StackedModels(model_cfg, seeds, device), task, cfgs,
                     [None] * len(seeds) if run_dirs is None else run_dirs, device, resume, progress, warn,
