@@ -411,8 +411,8 @@ def test_analysis_too_big_for_memory_is_refused(capsys, tmp_path, base_runs, mon
     run = copy_run(base_runs, "add", tmp_path)
     expect_error(capsys, "train_sae", [str(run), "--d-sae", "100000000", "--no-progress"], "an SAE of 100000000",
                  "needs about")
-    import grokmath.training.memory
-    monkeypatch.setattr(grokmath.training.memory, "_cpu_available", lambda: 10**9)  # a machine with 1 GB free
+    import grokmath.memory
+    monkeypatch.setattr(grokmath.memory, "_cpu_available", lambda: 10**9)  # a machine with 1 GB free
     expect_error(capsys, "evaluate",  # a million questions: the CPU's default is 100,000
                  [str(run), "--questions", "1000000", "--batch-size", "10000000", "--no-progress"],
                  "evaluating 1000000 questions per forward pass needs about", "lower --batch-size")

@@ -20,9 +20,9 @@ import pytest
 import grokmath.store.checkpoint
 import grokmath.store.rundir
 import grokmath.store.files
-import grokmath.training.memory
+import grokmath.memory
 from grokmath.store.checkpoint import REPLACED, REPLACING, RunDir, load_latest_states, prepare_runs, safe_load
-from grokmath.training.memory import format_bytes
+from grokmath.memory import format_bytes
 
 from script_helpers import load_script, run_guarded
 from test_adversarial import TINY, base_runs, copy_run, expect_error, user_files  # noqa: F401 (base_runs: a fixture)
@@ -352,8 +352,8 @@ def fake_cgroup(tmp_path, monkeypatch, version: int, limit: int, usage: int, ina
         (root / "jobs" / "memory.current").write_text(f"{usage}\n")
         (root / "jobs" / "memory.stat").write_text(f"anon 1\ninactive_file {inactive}\n")
         (root / "jobs" / "this" / "memory.max").write_text("max\n")
-    monkeypatch.setattr(grokmath.training.memory, "CGROUP_ROOT", root)
-    monkeypatch.setattr(grokmath.training.memory, "PROC_SELF", proc)
+    monkeypatch.setattr(grokmath.memory, "CGROUP_ROOT", root)
+    monkeypatch.setattr(grokmath.memory, "PROC_SELF", proc)
     return limit - usage + inactive
 
 
@@ -383,7 +383,7 @@ def test_progress_measures_and_attention_check_memory_first(capsys, tmp_path, ba
                  f"but {format_bytes(free)} is free")
     assert sorted(os.listdir(run)) == sorted([*os.listdir(base_runs / "mod")])
     # attention draws one question at a time (at most 20): its check is on those patterns
-    monkeypatch.setattr(grokmath.training.memory, "_cpu_available", lambda: 10_000)
+    monkeypatch.setattr(grokmath.memory, "_cpu_available", lambda: 10_000)
     with pytest.raises(ValueError, match="the attention patterns of 1000 sequences needs about"):
         attention_patterns(model, torch.zeros(1000, model.cfg.n_ctx, dtype=torch.long))
 
@@ -403,7 +403,7 @@ def test_the_free_figure_honours_ulimit_v(tmp_path, base_runs):
     cap = 3 * 10**9
     cfg = grokmath.store.checkpoint.load_run(run, load_model=False).model_cfg
     questions = 1
-    while grokmath.training.memory.ablation_bytes(cfg, questions, 4) < 2 * cap:  # fits the machine, not the cap
+    while grokmath.memory.ablation_bytes(cfg, questions, 4) < 2 * cap:  # fits the machine, not the cap
         questions *= 2
     done = subprocess.run([sys.executable, "-c", ABLATE_UNDER_CAP, str(cap), str(ROOT / "scripts" / "ablate.py"),
                            str(run), "--questions", str(questions), "--device", "cpu"],

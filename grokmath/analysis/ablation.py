@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import pandas as pd
 import torch
 
-from ..training.memory import ablation_bytes, check_fits
+from ..memory import ablation_bytes, check_fits
 from .common import answer_logits, model_device, run_variants, score
 
 KINDS = ("zero", "mean", "resample")

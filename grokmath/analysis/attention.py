@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 
 from ..training.losses import loss_fn
-from ..training.memory import attention_bytes, check_fits
+from ..memory import attention_bytes, check_fits
 from .common import model_device
 
 

@@ -40,7 +40,7 @@ from tqdm.auto import tqdm
 from ..training.capture import CUDAGraphCapture, choose_step_path, self_checked
 from ..config import check_whole
 from ..training.losses import correct
-from ..training.memory import check_fits, forward_bytes
+from ..memory import check_fits, forward_bytes
 from .common import model_device, question_sampler
 
 

@@ -46,7 +46,7 @@ from tqdm.auto import tqdm
 
 from ..training import losses
 from ..store.checkpoint import atomic_write_json, atomic_write_text, load_run
-from ..training.memory import check_fits, progress_bytes
+from ..memory import check_fits, progress_bytes
 from ..training.plots import save_figure  # sets matplotlib's Agg backend before pyplot loads
 import matplotlib.pyplot as plt  # noqa: E402,I001
 from .fourier import embedding_fourier, frequency_norms, modular_fourier_basis, neuron_fourier

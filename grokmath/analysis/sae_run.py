@@ -11,7 +11,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from ..store.checkpoint import atomic_write_json, atomic_write_text, load_run, refuse_existing
-from ..training.memory import FLOAT, check_fits
+from ..memory import FLOAT, check_fits
 from ..tasks import make_task
 from .sae import (GRID_FIELDS, SAEConfig, evaluate_sae, format_report, grid_search, save_sae)
 from .sae_features import feature_stats, plot_feature_frequency, plot_feature_heatmap, spliced_losses

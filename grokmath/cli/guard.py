@@ -13,7 +13,7 @@ import sys
 import threading
 from pathlib import Path
 
-from ..training.errors import NonFiniteLoss, SignalOutsideLoop, TrainingInterrupted, defer_signal, note_signal, received_signal
+from ..errors import NonFiniteLoss, SignalOutsideLoop, TrainingInterrupted, defer_signal, note_signal, received_signal
 
 EXIT_USAGE = 2
 

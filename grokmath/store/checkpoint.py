@@ -34,7 +34,7 @@ import torch
 from ..config import ModelConfig, TrainConfig
 from .files import (_UMASK, CheckpointError, UnsafeCheckpoint, _is_tmp, atomic_copy,  # noqa: F401 (re-exported)
                     atomic_torch_save, atomic_write, atomic_write_json, atomic_write_text, refuse_existing, safe_load)
-from ..training.memory import FLOAT, check_fits, n_params
+from ..memory import FLOAT, check_fits, n_params
 from ..model.transformer import Transformer
 from .rundir import (CHECKPOINTS, CONFIG, GROUP, LOCK, METRICS, REPLACED, REPLACING, SUMMARY,  # noqa: F401 (re-exported)
                      _MODEL_RE, _STATE_RE, RunFolder, RunInUse, _key, abandon_runs, check_no_link_loop,

@@ -23,7 +23,7 @@ try:
 except ImportError:  # not on Windows: run folders are not locked there
     fcntl = None
 
-from ..training.errors import signals_deferred
+from ..errors import signals_deferred
 from .files import _UMASK, _is_tmp, refuse_existing
 
 CONFIG = "config.json"

@@ -9,7 +9,7 @@ from contextlib import contextmanager
 import torch
 
 from ..config import TrainConfig
-from .errors import received_signal
+from ..errors import received_signal
 
 
 def resolve_device(name: str | None = None) -> torch.device:

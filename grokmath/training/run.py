@@ -12,7 +12,7 @@
   missing is named; to resume the others one at a time, delete group.json in each of them (each
   folder is a single run's). `--steps N` extends every run of the group.
 Every check that can fail runs before a folder is made or replaced (grokmath.store.checkpoint.prepare_runs),
-memory included (grokmath.training.memory); a run that fails before its first resumable state is undone (a
+memory included (grokmath.memory); a run that fails before its first resumable state is undone (a
 run it was replacing is put back); each run folder is locked while it is written, so a second
 writer is refused. A signal outside the loop (before it, or while the plots are drawn) stops the
 run with a TrainingInterrupted saying what was kept.
@@ -32,10 +32,10 @@ import torch.distributed as dist
 
 from ..store.checkpoint import RunDir, abandon_runs, check_run_name, load_run, prepare_runs, run_config, unlock_runs
 from ..config import ModelConfig, TrainConfig
-from .errors import SignalOutsideLoop, TrainingInterrupted
+from ..errors import SignalOutsideLoop, TrainingInterrupted
 from ..store.files import WriteFailed
 from .insert import inserter_from_run
-from .memory import check_training_fits
+from ..memory import check_training_fits
 from ..model.transformer import Transformer
 from .plots import plot_run
 from .devices import as_device

@@ -55,7 +55,7 @@ from ..store.checkpoint import RunDir, atomic_write_json, load_latest_states
 from ..config import ModelConfig, TrainConfig
 from .devices import (agreed_signal, as_device, check_data_parallel, data_parallel_rank, rank_seed,  # noqa: F401
                       resolve_device, stop_on_signals, tf32_matmuls)  # (check_data_parallel, resolve_device: re-exported)
-from .errors import NonFiniteLoss, TrainingInterrupted, TrainingStopped  # noqa: F401 (also grokmath.training.train's)
+from ..errors import NonFiniteLoss, TrainingInterrupted, TrainingStopped  # noqa: F401 (also grokmath.training.train's)
 from .losses import score_sums
 from .metrics import MetricsLog, metric_columns, metric_row, summarize
 from .multiseed import StackedModels
