@@ -30,7 +30,7 @@ from pathlib import Path
 from ..store.files import atomic_write_json
 from .results import run_status, write_results
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]  # grokmath/sweeps/grid.py -> the repository
 SCRIPTS = REPO / "scripts"
 KEYS = ("script", "out", "seeds", "base", "grid", "stack", "workers")
 # flags the sweep sets itself
