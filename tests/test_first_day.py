@@ -131,7 +131,7 @@ def test_the_start_says_where_on_what_and_how_long_before_the_bar(tmp_path, caps
 
 
 def test_the_expected_time_counts_the_steps_and_checkpoints_left(monkeypatch):
-    from grokmath import announce
+    from grokmath.training import announce
     clock = iter([0.0, 1.0])  # the timed window: 20 steps in 1 s, i.e. 50 ms a step
     monkeypatch.setattr(announce.time, "perf_counter", lambda: next(clock))
     timer = announce.StepTimer(0, 1000, 100, torch.device("cpu"))

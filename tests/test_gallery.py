@@ -4,7 +4,7 @@ import re
 
 import pytest
 
-from grokmath import gallery
+from grokmath.tools import gallery
 from grokmath.cli import main_guard
 
 from script_helpers import load_script

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from grokmath import plots
+from grokmath.training import plots
 
 N = 600
 CROSS = {"A2": 150, "A1": 320, "A0": 470}  # the step each synthetic digit's loss first falls under 0.1

@@ -4,7 +4,7 @@ import pandas as pd
 import pytest
 from script_helpers import load_script
 
-from grokmath import tracking
+from grokmath.store import tracking
 
 addition = load_script("train_addition")
 TINY = ["--digits", "2", "--d-model", "16", "--n-heads", "2", "--steps", "70", "--checkpoint-every", "30",

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from IPython.display import Image, display
 
-from grokmath import utils
+from grokmath.model import utils
 from grokmath.analysis import ablation, interactive, patching
 from grokmath.store.checkpoint import load_run
 from grokmath.config import TrainConfig, model_config_for
