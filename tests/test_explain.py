@@ -99,6 +99,7 @@ def test_ablate_nodes_matches_hand_hooks(trained, settings):
     chosen = [nodes.PosNode(p, layer, "head", h) for p in (3, 5, 6) for layer in range(model.cfg.n_layers) for h in (0, 1)]
     chosen += [nodes.PosNode(p, layer, "mlp") for p in (2, 5) for layer in range(model.cfg.n_layers)]
     chosen += [nodes.PosNode(6, model.cfg.n_layers - 1, "neuron", k) for k in (0, 7)]
+    chosen += [nodes.PosNode(p, 0, "neuron", k) for p in (2, 6) for k in (1, 3)]  # an earlier layer's too
     answers, losses = nodes.ablate_nodes(model, task, batch.tokens, chosen, "mean", reference)
     for i, node in enumerate(chosen):
         logits = hand_ablated_logits(model, batch.tokens, node, reference)[:, task.pred_pos]
