@@ -131,6 +131,42 @@ def test_node_table_fail_pct_and_attribution(trained):
     assert info["spearman_all"] > 0.3  # attribution ranks nodes roughly as ablation does
 
 
+@pytest.fixture(scope="module")
+def trained_2layer():
+    return trained_addition(n_digits=2, steps=300, n_layers=2)
+
+
+def test_attribution_skip_keeps_every_useful_node(trained_2layer):
+    """The skip on a 2-layer model: the useful nodes found with it are those found ablating every
+    node whose estimate reaches the floor (all of them with the default floor); the skipped ones
+    are listed (not ablated, no loss change) and the others' numbers are unchanged."""
+    model, task = trained_2layer
+    last = model.cfg.n_layers - 1
+    batch, classes = truth.question_set(task, 40, torch.Generator().manual_seed(5))
+    reference = task.sample(200, torch.Generator().manual_seed(6)).tokens
+    run = lambda floor: table.node_table(model, task, batch, classes, "mean", reference,  # noqa: E731
+                                         torch.Generator().manual_seed(2), attribution_floor=floor)
+    full, _, full_info = run(0.0)
+    assert full["ablated"].all() and sum(full_info["skipped_by_attribution"].values()) == 0
+    dear = full[full["layer"] < last]
+    tight = dear[dear["kind"] != "neuron"]["attribution"].abs().median()  # skips about half of them
+    for floor in (table.ATTRIBUTION_FLOOR, tight):
+        fast, _, info = run(floor)
+        kept = full[(full["layer"] == last) | (full["attribution"].abs() >= floor)]
+        assert set(fast[fast["useful"]]["node"]) == set(kept[kept["useful"]]["node"])
+        if floor == table.ATTRIBUTION_FLOOR:
+            assert set(fast[fast["useful"]]["node"]) == set(full[full["useful"]]["node"])
+        coarse = lambda t: t[t["kind"] != "neuron"]["node"].tolist()  # noqa: E731
+        assert coarse(fast) == coarse(full)  # every head and MLP listed, skipped or not
+        skipped = fast[~fast["ablated"]]
+        assert len(skipped) == sum(info["skipped_by_attribution"].values())
+        assert (skipped["layer"] < last).all() and (skipped["attribution"].abs() < floor).all()
+        assert skipped["loss_change"].isna().all() and (skipped["fail_pct"] == 0).all()
+        tried = fast[fast["ablated"]].set_index("node")
+        assert tried["loss_change"].equals(full.set_index("node").loc[tried.index, "loss_change"])
+    assert len(skipped) > 0  # the median floor skips heads or MLPs
+
+
 def test_attribution_is_the_directional_derivative(trained):
     model, task = trained
     tokens = task.sample(32, torch.Generator().manual_seed(7)).tokens
