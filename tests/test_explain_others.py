@@ -55,3 +55,13 @@ def test_loss_per_position_is_the_cross_entropy_at_each_scored_position():
     logits = model(batch.tokens)[:, task.pred_pos]
     expected = torch.nn.functional.cross_entropy(logits.transpose(1, 2), batch.targets, reduction="none")
     assert torch.allclose(clean, expected, atol=1e-6)
+
+
+def test_skip_trigram_and_modular_get_their_figures(tmp_path):
+    for name, options, figures in (("skip_trigram", {}, ["head_scores.png", "attention.png"]),
+                                   ("modular", dict(p=13), ["head_scores.png", "key_frequencies.png"])):
+        task = make_task(name, **options)
+        model = tiny_model(task, n_layers=1, d_model=16, d_mlp=32)
+        result = explain(model, task, tmp_path / name, progress=False)
+        assert all((tmp_path / name / f).stat().st_size > 1000 for f in figures), name
+        assert json.loads((tmp_path / name / "claims.json").read_text()) == result["claims"]
