@@ -32,6 +32,8 @@ def test_variables_match_python_integers():
                     digit = lambda v: v // low % 10  # noqa: E731
                     assert found[f"add.sum9 A{i}"].values[row] == (digit(x) + digit(y) == 9)
                     assert found[f"add.make_carry A{i}"].values[row] == (digit(x) + digit(y) >= 10)
+                    pair = digit(x) + digit(y)
+                    assert found[f"add.tricase A{i}"].values[row] == (0 if pair < 9 else 1 if pair == 9 else 2)
             else:
                 a, b = max(x, y), min(x, y)
                 assert found["sub.sign"].values[row] == (x < y)
