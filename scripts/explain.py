@@ -35,6 +35,10 @@ def build_parser():
                         "(default: 200)")
     parser.add_argument("--probe-questions", type=cli.positive_int, default=2000,
                         help="questions the probes are fitted on (half as many score them) (default: 2000)")
+    parser.add_argument("--attribution-floor", type=cli.nonneg_float, default=1e-4, metavar="LOSS",
+                        help="a head, MLP or neuron outside the last layer whose attribution-patching estimate of "
+                        "the loss change is below this (in absolute value) is not ablated (listed in nodes.csv with "
+                        "ablated = False); 0 ablates every one (default: 1e-4)")
     parser.add_argument("--seed", type=cli.nonneg_int, default=0, help="seed of the questions (default: 0)")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     parser.add_argument("--sae", default=None, metavar="SAE_DIR",
@@ -54,7 +58,8 @@ def main(argv=None):
 
     run = open_run(args.run_dir, step=args.checkpoint, device=resolve_device(args.device))
     result = explain_run(run, overwrite=args.overwrite, kind=args.kind, seed=args.seed, progress=not args.no_progress,
-                         per_class=args.per_class, probe_questions=args.probe_questions, sae_dir=args.sae)
+                         per_class=args.per_class, probe_questions=args.probe_questions, sae_dir=args.sae,
+                         attribution_floor=args.attribution_floor)
     for path in result["paths"].values():
         print(path)
 

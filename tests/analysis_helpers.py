@@ -14,10 +14,10 @@ def tiny_model(task, **settings) -> Transformer:
     return Transformer(ModelConfig(**options)).eval()
 
 
-def trained_addition(n_digits=2, steps=150, seed=0):
-    """A 1-layer model trained briefly on addition: some questions right, some wrong."""
+def trained_addition(n_digits=2, steps=150, seed=0, n_layers=1):
+    """A model (1-layer by default) trained briefly on addition: some questions right, some wrong."""
     task = make_task("addition", n_digits=n_digits)
-    model = tiny_model(task, n_layers=1, d_model=32, seed=seed).train()
+    model = tiny_model(task, n_layers=n_layers, d_model=32, seed=seed).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
     generator = torch.Generator().manual_seed(seed)
     for _ in range(steps):

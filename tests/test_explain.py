@@ -32,6 +32,8 @@ def test_variables_match_python_integers():
                     digit = lambda v: v // low % 10  # noqa: E731
                     assert found[f"add.sum9 A{i}"].values[row] == (digit(x) + digit(y) == 9)
                     assert found[f"add.make_carry A{i}"].values[row] == (digit(x) + digit(y) >= 10)
+                    pair = digit(x) + digit(y)
+                    assert found[f"add.tricase A{i}"].values[row] == (0 if pair < 9 else 1 if pair == 9 else 2)
             else:
                 a, b = max(x, y), min(x, y)
                 assert found["sub.sign"].values[row] == (x < y)
@@ -99,6 +101,7 @@ def test_ablate_nodes_matches_hand_hooks(trained, settings):
     chosen = [nodes.PosNode(p, layer, "head", h) for p in (3, 5, 6) for layer in range(model.cfg.n_layers) for h in (0, 1)]
     chosen += [nodes.PosNode(p, layer, "mlp") for p in (2, 5) for layer in range(model.cfg.n_layers)]
     chosen += [nodes.PosNode(6, model.cfg.n_layers - 1, "neuron", k) for k in (0, 7)]
+    chosen += [nodes.PosNode(p, 0, "neuron", k) for p in (2, 6) for k in (1, 3)]  # an earlier layer's too
     answers, losses = nodes.ablate_nodes(model, task, batch.tokens, chosen, "mean", reference)
     for i, node in enumerate(chosen):
         logits = hand_ablated_logits(model, batch.tokens, node, reference)[:, task.pred_pos]
@@ -128,6 +131,42 @@ def test_node_table_fail_pct_and_attribution(trained):
         assert row["useful"] == (row["fail_pct"] >= 0.5)
     assert set(tab["position"][tab["layer"] == 0]) <= set(task.pred_pos.tolist())  # 1 layer: scored positions only
     assert info["spearman_all"] > 0.3  # attribution ranks nodes roughly as ablation does
+
+
+@pytest.fixture(scope="module")
+def trained_2layer():
+    return trained_addition(n_digits=2, steps=300, n_layers=2)
+
+
+def test_attribution_skip_keeps_every_useful_node(trained_2layer):
+    """The skip on a 2-layer model: the useful nodes found with it are those found ablating every
+    node whose estimate reaches the floor (all of them with the default floor); the skipped ones
+    are listed (not ablated, no loss change) and the others' numbers are unchanged."""
+    model, task = trained_2layer
+    last = model.cfg.n_layers - 1
+    batch, classes = truth.question_set(task, 40, torch.Generator().manual_seed(5))
+    reference = task.sample(200, torch.Generator().manual_seed(6)).tokens
+    run = lambda floor: table.node_table(model, task, batch, classes, "mean", reference,  # noqa: E731
+                                         torch.Generator().manual_seed(2), attribution_floor=floor)
+    full, _, full_info = run(0.0)
+    assert full["ablated"].all() and sum(full_info["skipped_by_attribution"].values()) == 0
+    dear = full[full["layer"] < last]
+    tight = dear[dear["kind"] != "neuron"]["attribution"].abs().median()  # skips about half of them
+    for floor in (table.ATTRIBUTION_FLOOR, tight):
+        fast, _, info = run(floor)
+        kept = full[(full["layer"] == last) | (full["attribution"].abs() >= floor)]
+        assert set(fast[fast["useful"]]["node"]) == set(kept[kept["useful"]]["node"])
+        if floor == table.ATTRIBUTION_FLOOR:
+            assert set(fast[fast["useful"]]["node"]) == set(full[full["useful"]]["node"])
+        coarse = lambda t: t[t["kind"] != "neuron"]["node"].tolist()  # noqa: E731
+        assert coarse(fast) == coarse(full)  # every head and MLP listed, skipped or not
+        skipped = fast[~fast["ablated"]]
+        assert len(skipped) == sum(info["skipped_by_attribution"].values())
+        assert (skipped["layer"] < last).all() and (skipped["attribution"].abs() < floor).all()
+        assert skipped["loss_change"].isna().all() and (skipped["fail_pct"] == 0).all()
+        tried = fast[fast["ablated"]].set_index("node")
+        assert tried["loss_change"].equals(full.set_index("node").loc[tried.index, "loss_change"])
+    assert len(skipped) > 0  # the median floor skips heads or MLPs
 
 
 def test_attribution_is_the_directional_derivative(trained):

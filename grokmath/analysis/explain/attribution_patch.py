@@ -20,10 +20,16 @@ from .nodes import PosNode
 def attribution_scores(model, task, tokens: torch.Tensor, nodes: list[PosNode], kind: str = "mean",
                        reference: torch.Tensor | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
     """Estimated loss change of ablating each node on its own: [node] float64."""
-    device = model_device(model)
-    tokens = tokens.to(device)
-    abl = [n.ablation_node() for n in nodes]
-    values = reference_activations(model, abl, kind, tokens, reference, generator)
+    tokens = tokens.to(model_device(model))
+    values = reference_activations(model, [n.ablation_node() for n in nodes], kind, tokens, reference, generator)
+    return node_scores(attribution_grids(model, task, tokens, values), nodes)
+
+
+def attribution_grids(model, task, tokens: torch.Tensor, values: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """{hook name: estimated loss change per (position, index)} for every hook in `values` (its
+    ablation values, from reference_activations): heads [pos, head], MLP out [pos], neurons
+    [pos, d_mlp]; one forward and one backward for all of them."""
+    tokens = tokens.to(model_device(model))
     names = sorted(values)
     acts, grads = {}, {}
 
@@ -32,7 +38,7 @@ def attribution_scores(model, task, tokens: torch.Tensor, nodes: list[PosNode], 
         acts[hook.name] = act
         return act
 
-    pred_pos = task.pred_pos.to(device)
+    pred_pos = task.pred_pos.to(tokens.device)
     targets = tokens[:, pred_pos + 1]
     with torch.enable_grad(), model.hooks(fwd_hooks=[(name, keep) for name in names]):
         logits = model(tokens)[:, pred_pos]  # [batch, n_pred, vocab]
@@ -43,15 +49,20 @@ def attribution_scores(model, task, tokens: torch.Tensor, nodes: list[PosNode], 
         grads[name] = acts[name].grad.detach()
         acts[name] = acts[name].detach()
     model.zero_grad(set_to_none=True)
-    scores = torch.empty(len(nodes), dtype=torch.float64)
     per_name: dict[str, torch.Tensor] = {}
     for name in names:  # (a' - a) . grad summed over the node's own last dimension and the batch
         product = (values[name] - acts[name]) * grads[name]  # [batch, pos, (head,) d]
         # the loss is a mean over the batch, so its gradient already carries the 1 / batch
         per_name[name] = product.sum(-1).sum(0).double().cpu() if not name.endswith("hook_post") \
             else product.sum(0).double().cpu()  # heads [pos, head]; MLP out [pos]; neurons [pos, d_mlp]
-    for i, (node, a) in enumerate(zip(nodes, abl)):
-        grid = per_name[a.hook_name]
+    return per_name
+
+
+def node_scores(grids: dict[str, torch.Tensor], nodes: list[PosNode]) -> torch.Tensor:
+    """Each node's estimate read from attribution_grids: [node] float64."""
+    scores = torch.empty(len(nodes), dtype=torch.float64)
+    for i, node in enumerate(nodes):
+        grid = grids[node.ablation_node().hook_name]
         scores[i] = grid[node.position] if node.kind == "mlp" else grid[node.position, node.index]
     return scores
 

@@ -25,7 +25,7 @@ from ..common import question_sampler
 from . import figures
 from .claims import claim_text, explain_failures, parse_claim, test_claims
 from .probes import best_probes, probe_table
-from .table import node_table
+from .table import ATTRIBUTION_FLOOR, node_table
 from .truth import is_arithmetic, position_names, question_set, variables
 
 OUTPUTS = ("nodes.csv", "probes.csv", "claims.json", "summary.md", "quanta_map.png", "attention_by_node.png",
@@ -33,7 +33,7 @@ OUTPUTS = ("nodes.csv", "probes.csv", "claims.json", "summary.md", "quanta_map.p
 
 
 def explain(model, task, out_dir, per_class: int = 200, probe_questions: int = 2000, kind: str = "mean",
-            seed: int = 0, progress: bool = True, title: str = "") -> dict:
+            seed: int = 0, progress: bool = True, title: str = "", attribution_floor: float = ATTRIBUTION_FLOOR) -> dict:
     """Write the report into `out_dir`; returns {'table', 'probes', 'claims', 'info', 'paths'}."""
     if not is_arithmetic(task):
         from .others import explain_other
@@ -56,7 +56,8 @@ def explain(model, task, out_dir, per_class: int = 200, probe_questions: int = 2
     timings = {}
     t = time.perf_counter()
     table, failed, info = node_table(model, task, batch.to(device), classes, kind, reference,
-                                     torch.Generator().manual_seed(seed + 2), progress=tick)
+                                     torch.Generator().manual_seed(seed + 2), progress=tick,
+                                     attribution_floor=attribution_floor)
     bar.close()
     timings["nodes"] = time.perf_counter() - t
     names = position_names(task)
@@ -164,9 +165,14 @@ def summary(task, table, probes, claims, info, title="") -> str:
                               f"{str(r['tags']).split(';')[0]})" for _, r in heads.iterrows())
         lines.append(f"| P{pos} {rows['position_name'].iloc[0]} | {rows['predicts'].iloc[0]} | {head_text} | "
                      f"{mlp.max() if len(mlp) else '-'} | {int((rows['kind'] == 'neuron').sum())} |")
+    skip = info.get("skipped_by_attribution", {})
     lines += ["", f"Attribution patching vs true ablation (Spearman, same nodes): all {info['spearman_all']:.2f}, "
               f"heads {info['spearman_heads']:.2f}, neurons {info['spearman_neurons']:.2f}; "
-              f"neurons skipped by attribution: {info['neurons_skipped']}.", "", "## Claims (tested on fresh questions)", "",
+              f"neurons skipped by attribution: {info['neurons_skipped']}.",
+              "", f"Skipped by attribution (outside the last layer, |estimated loss change| < "
+              f"{info.get('attribution_floor', 0):g}; listed in nodes.csv with ablated = False, not ablated): "
+              f"{skip.get('head', 0)} heads, {skip.get('mlp', 0)} MLPs; {info.get('ablations', len(table))} "
+              "nodes ablated.", "", "## Claims (tested on fresh questions)", "",
               "| claim | source | precision | recall | verdict |", "|---|---|---|---|---|"]
     for c in claims:
         lines.append(f"| `{c['claim']}` | {c['source']} | {c['precision']:.2f} | {c['recall']:.2f} | {c['verdict']} |")

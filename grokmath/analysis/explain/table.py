@@ -10,8 +10,13 @@ what the head attends to, the ground-truth variable that best predicts its failu
 question classes that fail most), loss_change (true) and attribution (the attribution-patching
 estimate of loss_change). The failures per node are returned too, for claims.
 
-Attribution skips hopeless nodes where ablation is dear: neurons outside the last layer are
-ablated only for the `max_neurons` per position with the largest |attribution|.
+Attribution skips hopeless nodes where ablation is dear (outside the last layer, where each
+ablation runs the later blocks): a head or MLP there whose |attribution| is below
+`attribution_floor` is not ablated but still listed (ablated False, fail_pct 0, loss_change NaN),
+and neurons there are ablated only for the `max_neurons` per position with the largest
+|attribution|, those above the floor. Last-layer nodes are cheap and always ablated, so a
+1-layer model's table does not depend on the floor. One forward and one backward give the
+attribution of every node (attribution_patch.attribution_grids).
 """
 from __future__ import annotations
 
@@ -19,15 +24,20 @@ import pandas as pd
 import torch
 
 from ..attention import attention_patterns
-from .attribution_patch import attribution_scores, spearman
+from ..ablation import reference_activations
+from .attribution_patch import attribution_grids, node_scores, spearman
 from .claims import explain_failures, failures
-from .nodes import PosNode, ablate_nodes, head_nodes, mlp_nodes, neuron_nodes
+from .nodes import KINDS, PosNode, ablate_nodes, head_nodes, mlp_nodes, neuron_nodes
 from .truth import position_names, predicts, variables
+
+# below this |estimated loss change| a node outside the last layer is not ablated (see the module doc)
+ATTRIBUTION_FLOOR = 1e-4
 
 
 def node_table(model, task, batch, classes: list[str] | None = None, kind: str = "mean", reference=None,
                generator=None, useful_pct: float = 0.5, attend_threshold: float = 0.1,
-               max_neurons: int = 64, neurons: bool = True, progress=None):
+               max_neurons: int = 64, neurons: bool = True, progress=None,
+               attribution_floor: float = ATTRIBUTION_FLOOR):
     """(table DataFrame, failed [node, batch] bool, info dict) for `batch` (see the module doc)."""
     cfg = model.cfg
     device = next(model.parameters()).device
@@ -38,46 +48,62 @@ def node_table(model, task, batch, classes: list[str] | None = None, kind: str =
     positions = {layer: (scored if layer == last else list(range(scored[-1] + 1))) for layer in range(cfg.n_layers)}
     first = [n for n in head_nodes(cfg, range(task.n_ctx)) + mlp_nodes(cfg, range(task.n_ctx))
              if n.position in positions[n.layer]]
-    with torch.no_grad():
-        clean = model(tokens)[:, task.pred_pos.to(device)].argmax(-1)  # [batch, n_pred]
+    with torch.no_grad():  # the one clean forward of the batch
+        clean_logits = model(tokens)[:, task.pred_pos.to(device)]  # [batch, n_pred, vocab]
+    clean = clean_logits.argmax(-1)  # [batch, n_pred]
+    clean_loss = torch.nn.functional.cross_entropy(clean_logits.transpose(1, 2), targets).item()
     right = (clean == targets).all(-1)
     if not right.any():
         raise ValueError("the model answers none of the questions right: nothing can fail; train it longer")
-    gen_seed = None if generator is None else int(torch.randint(0, 2**31, (1,), generator=generator))
-    gen = lambda: None if gen_seed is None else torch.Generator(device=device).manual_seed(gen_seed)  # noqa: E731
-    answers, losses = ablate_nodes(model, task, tokens, first, kind, reference, gen(), progress=progress)
+    gen = None if generator is None else torch.Generator(device=device).manual_seed(
+        int(torch.randint(0, 2**31, (1,), generator=generator)))
+    # the ablation values of every hook (one reference forward), and every node's attribution
+    hooks = [PosNode(0, layer, k, None if k == "mlp" else 0) for layer in range(cfg.n_layers)
+             for k in (("head",) if cfg.attn_only else KINDS)]
+    values = reference_activations(model, [n.ablation_node() for n in hooks], kind, tokens, reference, gen)
+    grids = attribution_grids(model, task, tokens, values)
+    attr_first = node_scores(grids, first)
+    tried = [i for i, n in enumerate(first) if n.layer == last or abs(attr_first[i]) >= attribution_floor]
+    answers = clean.expand(len(first), -1, -1).clone()  # a node not ablated changes nothing it is charged with
+    losses = torch.full((len(first),), float("nan"), dtype=torch.float64)
+    answers[tried], losses[tried] = ablate_nodes(model, task, tokens, [first[i] for i in tried], kind,
+                                                 progress=progress, values=values)
+    ablated = torch.zeros(len(first), dtype=torch.bool)
+    ablated[tried] = True
     failed = failures(answers, targets, right)
     nodes, all_answers, all_losses, all_failed = list(first), [answers], [losses], [failed]
+    chosen = []
     if neurons and not cfg.attn_only:
         useful_mlp = [n for n, f in zip(first, failed) if n.kind == "mlp" and _pct(f, right) >= useful_pct]
-        candidates = [k for m in useful_mlp for k in neuron_nodes(cfg, m.position, m.layer)]
-        if candidates:
-            dear = any(m.layer != last for m in useful_mlp)  # last-layer neurons are cheap: all are ablated
-            attr = attribution_scores(model, task, tokens, candidates, kind, reference, gen()) if dear else None
-            keep = []
-            for m in useful_mlp:
-                idx = [i for i, c in enumerate(candidates) if (c.position, c.layer) == (m.position, m.layer)]
-                if m.layer != last:  # dear to ablate: the most promising by attribution only
-                    idx = sorted(idx, key=lambda i: -abs(attr[i].item()))[:max_neurons]
-                keep += idx
-            chosen = [candidates[i] for i in keep]
-            answers_n, losses_n = ablate_nodes(model, task, tokens, chosen, kind, reference, gen(), progress=progress)
+        for m in useful_mlp:
+            candidates = neuron_nodes(cfg, m.position, m.layer)
+            if m.layer != last:  # dear to ablate: the most promising by attribution only
+                attr = node_scores(grids, candidates)
+                order = sorted(range(len(candidates)), key=lambda i: -abs(attr[i].item()))[:max_neurons]
+                candidates = [candidates[i] for i in order if abs(attr[i].item()) >= attribution_floor]
+            chosen += candidates
+        if chosen:
+            answers_n, losses_n = ablate_nodes(model, task, tokens, chosen, kind, progress=progress, values=values)
             nodes += chosen
             all_answers.append(answers_n)
             all_losses.append(losses_n)
             all_failed.append(failures(answers_n, targets, right))
     answers, losses, failed = torch.cat(all_answers), torch.cat(all_losses), torch.cat(all_failed)
-    attribution = attribution_scores(model, task, tokens, nodes, kind, reference, gen())
-    with torch.no_grad():
-        clean_loss = torch.nn.functional.cross_entropy(
-            model(tokens)[:, task.pred_pos.to(device)].transpose(1, 2), targets).item()
+    ablated = torch.cat([ablated, torch.ones(len(chosen), dtype=torch.bool)])
+    attribution = node_scores(grids, nodes)
     rows = _rows(model, task, batch, nodes, answers, clean, failed.cpu(), right.cpu(), losses - clean_loss,
                  attribution, classes, useful_pct, attend_threshold)
     table = pd.DataFrame(rows)
+    table["ablated"] = ablated.tolist()
+    tried_rows = table[table["ablated"]]
+    skipped = table[~table["ablated"]]
     info = dict(questions=len(tokens), right=int(right.sum()), clean_loss=clean_loss, kind=kind,
-                spearman_all=spearman(table["attribution"], table["loss_change"]),
-                spearman_heads=spearman(*_pair(table, "head")), spearman_neurons=spearman(*_pair(table, "neuron")),
-                neurons_skipped=_skipped(cfg, table))
+                spearman_all=spearman(tried_rows["attribution"], tried_rows["loss_change"]),
+                spearman_heads=spearman(*_pair(tried_rows, "head")),
+                spearman_neurons=spearman(*_pair(tried_rows, "neuron")),
+                neurons_skipped=_skipped(cfg, table), attribution_floor=attribution_floor,
+                skipped_by_attribution={k: int((skipped["kind"] == k).sum()) for k in ("head", "mlp")},
+                ablations=int(ablated.sum()))
     if classes is not None:  # how the model does on each question class before any ablation
         right_cpu = right.cpu()
         info["class_accuracy"] = {name: round(right_cpu[[c == name for c in classes]].double().mean().item(), 4)

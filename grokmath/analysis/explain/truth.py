@@ -9,6 +9,7 @@ valid on addition questions only; those names start with 'add.' or 'sub.'). Per 
   base_add Ai   (x_i + y_i) % 10                 (BaseAdd; 10 classes)
   make_carry Ai x_i + y_i >= 10                  (MakeCarry1: the digits alone make a carry)
   sum9 Ai       x_i + y_i == 9                   (MakeSum9)
+  tricase Ai    x_i + y_i below 9, 9, above 9: 0, 1, 2 (Quirke et al. 2024's ST: ST8, ST9, ST10)
   use_carry Ai  a carry comes into place i       (UseCarry1; cascades included; A{n} too)
   use_sum9 Ai   sum9 and use_carry at place i    (UseSum9: a carry cascades through place i)
   answer Ai     the answer digit                 (10 classes)
@@ -103,6 +104,7 @@ def variables(task, batch) -> dict[str, Variable]:
                 put("base_add", i, s % 10, 10)
                 put("make_carry", i, s >= 10)
                 put("sum9", i, s == 9)
+                put("tricase", i, (s >= 9).long() + (s >= 10).long(), 3)
                 put("use_sum9", i, (s == 9) & carry[:, i])
             for i in range(1, n + 1):
                 put("use_carry", i, carry[:, i])
