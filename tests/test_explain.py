@@ -193,6 +193,9 @@ def test_spearman_against_ranks_by_hand():
     assert spearman(a, b) == pytest.approx(1 - 6 * d2 / (5 * 24))
     assert spearman([1, 2, 2, 3], [1, 2, 2, 3]) == pytest.approx(1.0)  # ties share a rank
     assert spearman([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0)
+    # the node table's loss_change column is of object dtype once a skipped node left it empty
+    column = pd.Series([None, 1.0, 3.0, 2.0], dtype=object)[1:]
+    assert spearman(pd.Series([5.0, 6.0, 7.0]), column) == pytest.approx(0.5)
 
 
 # ---- probes --------------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ estimate with the true ablation on the same nodes (the node table reports it).
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -69,7 +70,8 @@ def node_scores(grids: dict[str, torch.Tensor], nodes: list[PosNode]) -> torch.T
 
 def spearman(a, b) -> float:
     """Spearman rank correlation of two equal-length sequences (ties ranked by order); NaN if constant."""
-    a, b = torch.as_tensor(a, dtype=torch.float64), torch.as_tensor(b, dtype=torch.float64)
+    # through numpy: a pandas column that held a skipped node's empty loss change has object dtype
+    a, b = (torch.tensor(np.asarray(v, dtype=np.float64)) for v in (a, b))
     if len(a) < 2:
         return float("nan")
     ra, rb = _ranks(a), _ranks(b)
