@@ -24,9 +24,9 @@ def main(argv=None):
     parser.add_argument("--per-class", type=cli.positive_int, default=200, help="questions per case class (default: 200)")
     parser.add_argument("--checkpoint", type=cli.nonneg_int, default=None, metavar="STEP",
                         help="checkpoint step (default: the newest)")
-    parser.add_argument("--attribution-floor", type=cli.nonneg_float, default=1e-4, metavar="LOSS",
+    parser.add_argument("--attribution-floor", type=cli.nonneg_float, default=0.0, metavar="LOSS",
                         help="as scripts/explain.py's: nodes outside the last layer estimated below it are not "
-                        "ablated; 0 ablates all (default: 1e-4)")
+                        "ablated; 0 ablates all (default: 0)")
     parser.add_argument("--threads", type=cli.positive_int, default=None, help="torch CPU threads (default: torch's)")
     args = parser.parse_args(argv)
     import os

@@ -35,10 +35,11 @@ def build_parser():
                         "(default: 200)")
     parser.add_argument("--probe-questions", type=cli.positive_int, default=2000,
                         help="questions the probes are fitted on (half as many score them) (default: 2000)")
-    parser.add_argument("--attribution-floor", type=cli.nonneg_float, default=1e-4, metavar="LOSS",
+    parser.add_argument("--attribution-floor", type=cli.nonneg_float, default=0.0, metavar="LOSS",
                         help="a head, MLP or neuron outside the last layer whose attribution-patching estimate of "
                         "the loss change is below this (in absolute value) is not ablated (listed in nodes.csv with "
-                        "ablated = False); 0 ablates every one (default: 1e-4)")
+                        "ablated = False); 0 ablates every one (default: 0: an accurate model's saturated loss puts every "
+                        "estimate below any fixed floor, the first-layer nodes that matter too)")
     parser.add_argument("--seed", type=cli.nonneg_int, default=0, help="seed of the questions (default: 0)")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     parser.add_argument("--sae", default=None, metavar="SAE_DIR",
