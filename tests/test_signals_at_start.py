@@ -75,3 +75,19 @@ def test_a_swallowed_signal_after_the_work_is_still_reported(capsys):
     # and the next script in this process starts clean
     code, err = guarded(capsys, lambda argv: sys.exit(0))
     assert code == 0 and err == ""
+
+
+def test_an_error_raised_on_the_way_out_of_a_signal_is_the_signal_stop_not_a_usage_error(capsys):
+    """A signal whose exception some code turned into a ValueError (a read wrapped into 'cannot read
+    ...') still stops with 128 + its number and says the signal, not exit 2 and the wrapped message."""
+    def main(argv):
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.1)
+        except Exception as e:
+            raise ValueError(f"cannot read the file: {type(e).__name__}") from None
+
+    code, err = guarded(capsys, main)
+    assert code == 128 + signal.SIGTERM and "stopped by SIGTERM" in err and len(err.strip().splitlines()) == 1, err
+    code, err = guarded(capsys, lambda argv: (_ for _ in ()).throw(ValueError("a bad flag")))
+    assert code == 2 and "a bad flag" in err  # without a signal a ValueError is still the user's mistake

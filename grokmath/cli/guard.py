@@ -73,6 +73,10 @@ def main_guard(main, argv=None) -> None:
         print(f"{prog}: interrupted", file=sys.stderr)
         sys.exit(128 + signal.SIGINT)
     except (ValueError, OSError) as e:
+        if received_signal() is not None:  # an error on the way out of a signal (e.g. a wrapped read): the
+            stop = SignalOutsideLoop(received_signal())  # signal is why it stopped, not a user's mistake
+            print(f"{prog}: {stop} ({type(e).__name__} on the way out)", file=sys.stderr)
+            sys.exit(128 + stop.signum)
         if debug:
             raise
         message = str(e).splitlines()[0] if str(e) else type(e).__name__
