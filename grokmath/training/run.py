@@ -63,6 +63,11 @@ def _train_new_runs(run_dirs, configs: list[dict], overwrite: bool, body):
             if not kept:
                 raise TrainingInterrupted(f"stopped by {name} before the run's first checkpoint, so nothing of it was "
                                           f"kept{back}: run the same command again", e.signum) from None
+            step, total = max(runs[0].state_steps()), configs[0].get("train", {}).get("steps")
+            if total is not None and step < total:  # the loop's first checkpoint was saved, then the signal came
+                raise TrainingInterrupted(f"stopped by {name} at step {step}; a resumable checkpoint is saved; draw "
+                                          f"the plots with {_command('plot_run.py', runs[0].path)}", e.signum,
+                                          runs[0].path) from None
             raise TrainingInterrupted(f"stopped by {name} after the run's last checkpoint, before its summary and "
                                       f"plots: draw the plots with {_command('plot_run.py', runs[0].path)}",
                                       e.signum) from None
